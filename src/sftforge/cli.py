@@ -1,0 +1,94 @@
+"""`sftforge <command>`: one sub-command per user task."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sftforge import __version__
+from sftforge.errors import SftforgeError
+
+COMMANDS = {
+    "train": "fine-tune a model from a YAML recipe (+ --key value overrides)",
+    "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
+    "chat": "chat with a model folder in the terminal",
+    "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
+}
+
+
+def _usage() -> str:
+    lines = [f"sftforge {__version__} — supervised fine-tuning on the Hugging Face stack", "", "commands:"]
+    lines += [f"  {name:<11} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "`sftforge COMMAND --help` for details."]
+    return "\n".join(lines)
+
+
+def _train(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        from sftforge.config.reference import argument_reference
+
+        print(argument_reference())
+        return 0
+    recipe = argv[0] if argv and not argv[0].startswith("--") else None
+    overrides = argv[1:] if recipe else argv
+    from sftforge.config import load_config
+    from sftforge.train.run import run_training
+
+    cfg = load_config(recipe, overrides)
+    run_training(cfg)
+    return 0
+
+
+def _init_model(argv: list[str]) -> int:
+    from sftforge.testing import init_model_cmd
+
+    parser = argparse.ArgumentParser(prog="sftforge init-model", description=COMMANDS["init-model"])
+    init_model_cmd.add_arguments(parser)
+    return init_model_cmd.run(parser.parse_args(argv))
+
+
+def _chat(argv: list[str]) -> int:
+    from sftforge.serve import chat
+
+    parser = argparse.ArgumentParser(prog="sftforge chat", description=COMMANDS["chat"])
+    chat.add_arguments(parser)
+    return chat.run(parser.parse_args(argv))
+
+
+def _demo(argv: list[str]) -> int:
+    from sftforge import demo
+
+    parser = argparse.ArgumentParser(prog="sftforge demo", description=COMMANDS["demo"])
+    demo.add_arguments(parser)
+    return demo.run(parser.parse_args(argv))
+
+
+HANDLERS = {"train": _train, "init-model": _init_model, "chat": _chat, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    handler = HANDLERS.get(argv[0])
+    if handler is None:
+        import difflib
+
+        close = difflib.get_close_matches(argv[0], list(HANDLERS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"sftforge: unknown command {argv[0]!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # we parallelise ourselves; avoids fork warnings
+    try:
+        return handler(argv[1:])
+    except SftforgeError as e:
+        print(f"sftforge {argv[0]}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,388 @@
+"""Recipe loading: YAML file + command-line overrides → one validated `SFTConfig`.
+
+Every problem (unknown key, wrong type, contradiction, missing file) is collected and reported together, before any
+model loads, naming the key and suggesting the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import glob
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftforge.config.schema import SECTIONS, DataArguments, ModelArguments, SFTTrainingArguments
+from sftforge.errors import ConfigError
+
+# Familiar names from TRL / LLaMA-Factory / older transformers → our canonical names.
+ALIASES: dict[str, str] = {
+    "model_max_length": "max_length",
+    "max_seq_length": "max_length",
+    "cutoff_len": "max_length",
+    "evaluation_strategy": "eval_strategy",
+    "train_files": "train_data_path",
+    "train_file": "train_data_path",
+    "eval_files": "eval_data_path",
+    "eval_file": "eval_data_path",
+    "preprocessing_num_workers": "dataset_num_proc",
+    "dtype": "torch_dtype",
+    "template": "chat_template",
+    "val_size": "eval_split_ratio",
+}
+# Keys transformers 5 removed; we translate them so old recipes keep working.
+_WARMUP_RATIO = "warmup_ratio"  # → warmup_steps as a float < 1 (transformers 5 reads that as a ratio)
+_GROUP_BY_LENGTH = "group_by_length"  # → train_sampling_strategy: group_by_length
+
+# Training fields never written back (secrets, per-process values).
+# gradient_checkpointing* mirror activation_checkpointing* in transformers 5: dump the canonical pair only.
+_NOT_DUMPED = {"hub_token", "local_rank", "gradient_checkpointing", "gradient_checkpointing_kwargs"}
+
+
+@dataclass
+class SFTConfig:
+    model: ModelArguments
+    data: DataArguments
+    training: SFTTrainingArguments
+    explicit: set[str] = field(default_factory=set)  # keys the user set (file or CLI), after aliasing
+    notes: list[str] = field(
+        default_factory=list
+    )  # decisions taken for the user, shown in the start-up summary
+    recipe_path: str | None = None
+
+
+def _field_table() -> dict[str, tuple[str, dataclasses.Field]]:
+    table: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.init:
+                table[f.name] = (section, f)
+    return table
+
+
+FIELDS = _field_table()
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe. Sections `model:`, `data:`, `training:` are flattened; flat keys are the norm."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"recipe file {str(p)!r} does not exist. Pass the path of a YAML recipe.", source=str(p)
+        )
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}", source=str(p)) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"{p}: a recipe must be a mapping of key: value, got {type(loaded).__name__}.", str(p)
+        )
+    flat: dict[str, Any] = {}
+    for key, value in loaded.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value`, a bare `--flag` (true), dotted `--lr_scheduler_kwargs.min_lr_rate 0.1`.
+
+    Values stay strings here; `_coerce` converts them with the target field's type.
+    """
+    out: dict[str, Any] = {}
+    problems: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if not token.startswith("--") or token == "--":
+            problems.append(f"unexpected argument {token!r}: overrides look like --key value or --key=value.")
+            i += 1
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                i += 1
+            else:
+                value = "true"
+        key = key.replace("-", "_")
+        if "." in key:
+            head, *rest = key.split(".")
+            node = out.setdefault(head, {})
+            if not isinstance(node, dict):
+                problems.append(f"--{key}: {head} was already given a plain value.")
+            else:
+                for part in rest[:-1]:
+                    node = node.setdefault(part, {})
+                node[rest[-1]] = _scalar_from_text(value)
+        else:
+            out[key] = value
+        i += 1
+    if problems:
+        raise ConfigError(problems, source="command line")
+    return out
+
+
+def _scalar_from_text(text: str) -> Any:
+    """A value inside a nested dict from the CLI: numbers, booleans, JSON/YAML lists and dicts."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+# ---------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _resolve_hint(f: dataclasses.Field, owner: type) -> Any:
+    hints = typing.get_type_hints(owner)
+    return hints.get(f.name, Any)
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hint(name: str) -> Any:
+    if name not in _HINTS:
+        section, f = FIELDS[name]
+        _HINTS[name] = _resolve_hint(f, SECTIONS[section])
+    return _HINTS[name]
+
+
+def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
+    """Convert `value` to `tp`, raising ValueError with a human reason."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        if (
+            from_cli
+            and isinstance(value, str)
+            and value.lower() in ("none", "null")
+            and type(None) in options
+        ):
+            return None
+        errors = []
+        # Try the most specific types first so "3" becomes 3, not "3".
+        order = sorted((o for o in options if o is not type(None)), key=lambda o: o is str)
+        for option in order:
+            try:
+                return _coerce(value, option, from_cli)
+            except (ValueError, TypeError) as e:
+                errors.append(str(e))
+        raise ValueError(" or ".join(dict.fromkeys(errors)))
+    if tp is Any:
+        return _scalar_from_text(value) if from_cli and isinstance(value, str) else value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value).value if not isinstance(value, tp) else value.value
+        except ValueError:
+            raise ValueError(f"expected one of {[m.value for m in tp]}, got {value!r}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # also fixes YAML 1.1 reading `1e-4` as a string
+            except ValueError:
+                pass
+        raise ValueError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    if origin is list or tp is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            parsed = _scalar_from_text(value) if from_cli else value
+            value = parsed if isinstance(parsed, list) else [value]
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, item_tp, from_cli) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, str) and from_cli:
+            value = _scalar_from_text(value)
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"expected a mapping such as {{min_lr_rate: 0.1}}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------- building
+
+
+def _suggest(key: str) -> str:
+    candidates = list(FIELDS) + list(ALIASES) + [_WARMUP_RATIO, _GROUP_BY_LENGTH]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else " Run `sftforge train --help` for the valid keys."
+
+
+def _apply_aliases(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        target = ALIASES.get(key, key)
+        if key == _WARMUP_RATIO:
+            target = "warmup_steps"
+        if key == _GROUP_BY_LENGTH:
+            target, value = "train_sampling_strategy", "group_by_length" if _truthy(value) else "random"
+        if target in out:
+            problems.append(f"{key}: it sets the same thing as another key ({target}); keep only one.")
+            continue
+        out[target] = value
+    return out
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1", "yes"))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
+    """Read, merge, coerce and validate. Raises ConfigError listing every problem found."""
+    file_values = read_recipe(recipe) if recipe else {}
+    cli_values = parse_overrides(overrides or [])
+    problems: list[str] = []
+    file_values = _apply_aliases(file_values, problems)
+    cli_values = _apply_aliases(cli_values, problems)
+    values = _merge(file_values, cli_values)
+
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for key, value in values.items():
+        if key not in FIELDS:
+            problems.append(f"unknown key {key!r}.{_suggest(key)}")
+            continue
+        section, f = FIELDS[key]
+        try:
+            per_section[section][key] = _coerce(value, _hint(key), from_cli=key in cli_values)
+        except ValueError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        choices = f.metadata.get("choices")
+        if choices and per_section[section][key] not in choices:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}.")
+
+    from sftforge.config.validate import check_and_resolve  # local: validate imports torch lazily
+
+    notes = check_and_resolve(per_section, set(values), problems)
+    if problems:
+        raise ConfigError(problems, source=str(recipe) if recipe else "command line")
+
+    model = ModelArguments(**per_section["model"])
+    data = DataArguments(**per_section["data"])
+    try:
+        training = SFTTrainingArguments(**per_section["training"])
+    except (ValueError, TypeError) as e:
+        # TrainingArguments' own checks: relay their words, they name the argument.
+        raise ConfigError(str(e).strip(), source=str(recipe) if recipe else "command line") from None
+    return SFTConfig(model, data, training, explicit=set(values), notes=notes, recipe_path=str(recipe or ""))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
+    """Sections with every model/data field, and the training fields that differ from the defaults."""
+    out: dict[str, dict[str, Any]] = {
+        "model": {f.name: _plain(getattr(cfg.model, f.name)) for f in dataclasses.fields(cfg.model)},
+        "data": {f.name: _plain(getattr(cfg.data, f.name)) for f in dataclasses.fields(cfg.data)},
+        "training": {},
+    }
+    defaults = SFTTrainingArguments(output_dir=cfg.training.output_dir, use_cpu=cfg.training.use_cpu)
+    for f in dataclasses.fields(SFTTrainingArguments):
+        if not f.init or f.name in _NOT_DUMPED:
+            continue
+        value = _plain(getattr(cfg.training, f.name))
+        if f.name in cfg.explicit or value != _plain(getattr(defaults, f.name)) or f.name == "output_dir":
+            out["training"][f.name] = value
+    return out
+
+
+def dump_config(cfg: SFTConfig, path: str | Path) -> Path:
+    """Write the resolved config as a recipe that `sftforge train` accepts as is."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "# Resolved sftforge config: feed it back with `sftforge train " + str(path) + "`\n"
+    path.write_text(
+        header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), "utf-8"
+    )
+    return path
+
+
+def data_paths_missing(spec: list[str] | None) -> list[str]:
+    """Paths (or globs) in a data list that match nothing on disk."""
+    missing = []
+    for item in spec or []:
+        if any(ch in item for ch in "*?[") and glob.glob(item, recursive=True):
+            continue
+        if not Path(item).expanduser().exists():
+            missing.append(item)
+    return missing

@@ -1,0 +1,75 @@
+"""The argument reference printed by `sftforge train --help` (and mirrored in the README)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sftforge.config.loader import ALIASES
+from sftforge.config.schema import DataArguments, ModelArguments, SFTTrainingArguments
+
+# The TrainingArguments users reach for most; every other field works too.
+COMMON_TRAINING_KEYS = (
+    "output_dir",
+    "overwrite_output_dir",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "logging_steps",
+    "eval_strategy",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "seed",
+    "bf16",
+    "fp16",
+    "activation_checkpointing",
+    "activation_checkpointing_kwargs",
+    "report_to",
+    "resume_from_checkpoint",
+    "push_to_hub",
+    "hub_model_id",
+)
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) < 140 else text[:137] + "..."
+
+
+def argument_reference() -> str:
+    out = [
+        "usage: sftforge train [RECIPE.yaml] [--key value | --key=value ...]",
+        "",
+        "Keys are the same in the YAML recipe and on the command line; the command line wins.",
+        "Nested values: --lr_scheduler_kwargs '{\"min_lr_rate\": 0.1}' or --lr_scheduler_kwargs.min_lr_rate 0.1",
+        "",
+    ]
+    for title, cls in (("model", ModelArguments), ("data", DataArguments)):
+        out.append(f"{title}:")
+        for f in dataclasses.fields(cls):
+            out.append(
+                f"  --{f.name:<28} {_first_sentence(f.metadata.get('help', ''))} (default: {f.default})"
+            )
+        out.append("")
+    fields = {f.name: f for f in dataclasses.fields(SFTTrainingArguments)}
+    out.append("training (every transformers.TrainingArguments field works; the common ones):")
+    for name in COMMON_TRAINING_KEYS:
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(f"  --{name:<28} {_first_sentence(f.metadata.get('help', ''))} (default: {default})")
+    out.append("")
+    out.append("aliases: " + ", ".join(f"{a} → {c}" for a, c in ALIASES.items()))
+    out.append(
+        "         warmup_ratio → warmup_steps (a float < 1 is a ratio), gradient_checkpointing → "
+        "activation_checkpointing, group_by_length → train_sampling_strategy"
+    )
+    return "\n".join(out)

@@ -1,0 +1,107 @@
+"""The typed config tree: model, data and training (a `transformers.TrainingArguments` subclass).
+
+Field names are the ones users already know from TrainingArguments / TRL / LLaMA-Factory. The `help` metadata is
+what `sftforge train --help` prints; `choices` metadata is validated by the loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata=_help("Local model folder or Hugging Face hub id (hub ids need network).")
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata=_help("Tokenizer folder or hub id; defaults to model_name_or_path.")
+    )
+    model_revision: str = field(default="main", metadata=_help("Hub branch, tag or commit to load."))
+    torch_dtype: str = field(
+        default="auto",
+        metadata=_help(
+            "Weights dtype: auto (the checkpoint's dtype on GPU, float32 on CPU), float32, bfloat16, float16.",
+            choices=("auto", "float32", "bfloat16", "float16"),
+        ),
+    )
+    attn_implementation: str = field(
+        default="auto",
+        metadata=_help(
+            "Attention backend: auto (flash_attention_2 on a GPU with flash-attn installed, else sdpa), "
+            "sdpa, eager, flash_attention_2.",
+            choices=("auto", "sdpa", "eager", "flash_attention_2"),
+        ),
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata=_help("Run Python code shipped with a hub model. Off unless you trust it.")
+    )
+
+
+@dataclass
+class DataArguments:
+    train_data_path: list[str] | None = field(
+        default=None,
+        metadata=_help("Training data: a file (.json/.jsonl/.parquet/.csv), a directory, a glob, or a list."),
+    )
+    eval_data_path: list[str] | None = field(default=None, metadata=_help("Evaluation data, same forms."))
+    dataset_name: str | None = field(
+        default=None, metadata=_help("A `datasets` hub name or a folder saved with `save_to_disk`.")
+    )
+    dataset_config: str | None = field(default=None, metadata=_help("Config (subset) name of dataset_name."))
+    dataset_train_split: str = field(default="train", metadata=_help("Split of dataset_name to train on."))
+    dataset_test_split: str | None = field(
+        default=None, metadata=_help("Split of dataset_name to evaluate on (optional).")
+    )
+    eval_split_ratio: float = field(
+        default=0.0,
+        metadata=_help(
+            "Hold out this fraction of the training rows for evaluation when no eval set is given."
+        ),
+    )
+    max_samples: int | None = field(default=None, metadata=_help("Use at most this many training rows."))
+    dataset_num_proc: int | None = field(default=None, metadata=_help("Processes for preprocessing."))
+    max_length: int = field(
+        default=1024, metadata=_help("Maximum tokens per example (longer ones are truncated).")
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata=_help(
+            "Chat template: a .jinja file path, 'tokenizer' (the tokenizer's own; the default when it has one) "
+            "or 'default' (ChatML, used when the tokenizer has none)."
+        ),
+    )
+    on_bad_rows: str = field(
+        default="error",
+        metadata=_help(
+            "A row that cannot be used: 'error' stops with file:line and the reason; 'skip' drops it and counts.",
+            choices=("error", "skip"),
+        ),
+    )
+
+
+@dataclass
+class SFTTrainingArguments(TrainingArguments):
+    """Every `transformers.TrainingArguments` field works; a few defaults suit SFT better."""
+
+    output_dir: str | None = field(
+        default="outputs/sft", metadata=_help("Where the model and logs are written.")
+    )
+    overwrite_output_dir: bool = field(
+        default=False, metadata=_help("Allow writing into an output_dir that already holds a trained model.")
+    )
+    logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
+    # We tokenize ourselves and keep only model inputs, so the Trainer must not drop columns by signature.
+    remove_unused_columns: bool = field(
+        default=False, metadata=_help("Keep False: sftforge prepares the columns.")
+    )
+
+
+SECTIONS: dict[str, type] = {"model": ModelArguments, "data": DataArguments, "training": SFTTrainingArguments}

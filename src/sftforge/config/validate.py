@@ -1,0 +1,147 @@
+"""Cross-field checks and device-aware defaults, run on the coerced values before any dataclass is built.
+
+Problems are appended to `problems` (all reported together); decisions taken for the user are returned as notes for
+the start-up summary, each with its reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from sftforge.config.loader import data_paths_missing
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_arm_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def check_and_resolve(
+    values: dict[str, dict[str, Any]], explicit: set[str], problems: list[str]
+) -> list[str]:
+    model, data, train = values["model"], values["data"], values["training"]
+    notes: list[str] = []
+    _check_required(model, data, problems)
+    _check_data(data, train, explicit, problems)
+    on_gpu = cuda_available()
+    notes += _resolve_precision(train, explicit, on_gpu, problems)
+    notes += _resolve_attention(model, on_gpu, problems)
+    if model.get("torch_dtype", "auto") == "auto" and not on_gpu:
+        model["torch_dtype"] = "float32"
+        notes.append("weights: float32 (CPU; the checkpoint's dtype is used on GPU)")
+    # transformers 5 renamed gradient_checkpointing → activation_checkpointing; accept the familiar name quietly.
+    for old, new in (
+        ("gradient_checkpointing", "activation_checkpointing"),
+        ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+    ):
+        if old in train:
+            value = train.pop(old)
+            train.setdefault(new, value)
+    return notes
+
+
+def _check_required(model: dict, data: dict, problems: list[str]) -> None:
+    if not model.get("model_name_or_path"):
+        problems.append(
+            "model_name_or_path is required: a local model folder or a hub id "
+            "(make one offline with `sftforge init-model DIR`)."
+        )
+    if not data.get("train_data_path") and not data.get("dataset_name"):
+        problems.append(
+            "no training data: set train_data_path (file, directory, glob or list) or dataset_name."
+        )
+
+
+def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]) -> None:
+    for key in ("train_data_path", "eval_data_path"):
+        for missing in data_paths_missing(data.get(key)):
+            problems.append(f"{key}: {missing!r} does not exist (checked relative to {_cwd()}).")
+    ratio = data.get("eval_split_ratio", 0.0)
+    if not 0.0 <= ratio < 1.0:
+        problems.append(
+            f"eval_split_ratio: {ratio} must be in [0, 1), e.g. 0.05 to hold out 5% for evaluation."
+        )
+    if data.get("max_length", 1024) < 8:
+        problems.append(f"max_length: {data['max_length']} is too small; use at least a few hundred tokens.")
+    if data.get("max_samples") is not None and data["max_samples"] < 1:
+        problems.append("max_samples: must be at least 1 (leave it unset to use every row).")
+    has_eval = bool(data.get("eval_data_path") or ratio > 0 or data.get("dataset_test_split"))
+    strategy = str(train.get("eval_strategy", "no"))
+    if strategy != "no" and not has_eval:
+        problems.append(
+            f"eval_strategy is {strategy!r} but there is no evaluation data: set eval_data_path, "
+            "eval_split_ratio or dataset_test_split, or eval_strategy: no."
+        )
+    if has_eval and "eval_strategy" not in explicit:
+        train["eval_strategy"] = "epoch"
+
+
+def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: list[str]) -> list[str]:
+    bf16, fp16 = train.get("bf16", False), train.get("fp16", False)
+    if bf16 and fp16:
+        problems.append(
+            "bf16 and fp16 are both true: choose one mixed precision (bf16 on Ampere or newer GPUs)."
+        )
+        return []
+    if "bf16" in explicit or "fp16" in explicit:
+        if on_gpu:
+            return [f"precision: {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'} (as asked)"]
+        if fp16:
+            problems.append("fp16: mixed precision fp16 needs a GPU; on CPU leave fp16 off (fp32).")
+            return []
+        if bf16 and not cpu_supports_bf16():
+            problems.append("bf16: this CPU has no bf16 support (no AVX512-BF16/AMX); set bf16: false.")
+            return []
+        if bf16:
+            train["use_cpu"] = True
+            return [
+                "precision: bf16 autocast on CPU (as asked; on most CPUs it is several times slower than fp32)"
+            ]
+        return ["precision: fp32 (as asked)"]
+    if not on_gpu:
+        train.setdefault("use_cpu", True)
+        return [
+            "precision: fp32 — no GPU; bf16 autocast on CPU is slower than fp32 "
+            "(TRL's bf16 default made CPU SFT 7.8x slower here), so it stays off"
+        ]
+    import torch
+
+    if torch.cuda.is_bf16_supported():
+        train["bf16"] = True
+        return ["precision: bf16 mixed precision — the GPU supports it"]
+    train["fp16"] = True
+    return ["precision: fp16 mixed precision — the GPU has no bf16"]
+
+
+def _resolve_attention(model: dict, on_gpu: bool, problems: list[str]) -> list[str]:
+    wanted = model.get("attn_implementation", "auto")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if wanted == "flash_attention_2" and not (on_gpu and has_flash):
+        why = "no CUDA GPU" if not on_gpu else "the flash-attn package is not installed"
+        problems.append(
+            f"attn_implementation: flash_attention_2 needs a CUDA GPU and flash-attn ({why}); use sdpa."
+        )
+        return []
+    if wanted != "auto":
+        return [f"attention: {wanted} (as asked)"]
+    if on_gpu and has_flash:
+        model["attn_implementation"] = "flash_attention_2"
+        return ["attention: flash_attention_2 — GPU with flash-attn installed"]
+    model["attn_implementation"] = "sdpa"
+    reason = "no GPU" if not on_gpu else "flash-attn not installed"
+    return [f"attention: sdpa — {reason} (PyTorch scaled-dot-product attention)"]
+
+
+def _cwd() -> str:
+    import os
+
+    return os.getcwd()

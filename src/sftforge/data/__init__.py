@@ -1,0 +1,1 @@
+"""Data stages: read → detect format → Conversation → validate → render → mask → truncate → collate."""

@@ -1,0 +1,384 @@
+"""Read data files into rows that remember where they came from.
+
+Every row carries `source` (`file:line`) so that any later error can point the user at the exact place to fix.
+Problems with a whole file (missing, empty, not JSON) raise `DataError`; problems with one row are returned as
+`SourceRow.error` so the pipeline decides between strict (stop) and lenient (skip and count) mode.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sftforge.errors import DataError, RowError
+
+SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".parquet", ".csv")
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class SourceRow:
+    """One raw row. `error` is set instead of raising so lenient mode can skip the row and count the reason."""
+
+    row: Any
+    source: str
+    error: RowError | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finding the files
+
+
+def resolve_data_files(spec: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Expand a file, a directory (recursively), a glob pattern, or a list of these into sorted data files."""
+    if isinstance(spec, (str, Path)):
+        specs: list[str | Path] = [spec]
+    else:
+        specs = list(spec)
+        if not specs:
+            raise DataError(
+                "No data files given: set the dataset path to a file, a directory or a glob pattern."
+            )
+    files: list[Path] = []
+    for one in specs:
+        for path in _resolve_one(one):
+            if path not in files:  # a file named twice (e.g. a dir and a glob inside it) is read once
+                files.append(path)
+    return files
+
+
+def _resolve_one(spec: str | Path) -> list[Path]:
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_file():
+        _check_extension(path)
+        return [path]
+    if path.is_dir():
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and _supported(p)
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not found:
+            raise DataError(f"{path}: the directory holds no data file; {_expected()}.")
+        return found
+    if _GLOB_CHARS & set(text):
+        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
+        if not matches:
+            raise DataError(f"{text}: no file matches this pattern; check the path and the pattern.")
+        found = [p for p in matches if _supported(p)]
+        if not found:
+            raise DataError(f"{text}: {len(matches)} file(s) match, but none is a data file; {_expected()}.")
+        return found
+    raise DataError(
+        f"{path}: no such file or directory; check the dataset path (relative paths start at {Path.cwd()})."
+    )
+
+
+def _supported(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def _expected() -> str:
+    return "supported extensions are " + ", ".join(SUPPORTED_EXTENSIONS)
+
+
+def _check_extension(path: Path) -> None:
+    if not _supported(path):
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'; {_expected()}. Convert the file or rename it."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading one file
+
+
+def iter_rows(path: Path) -> Iterator[SourceRow]:
+    """Yield the rows of one data file, each with its `source` (file:line, or file:row for parquet)."""
+    path = Path(path)
+    _check_extension(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the dataset path.")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from _iter_parquet(path)
+        return
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(
+            f"{path}: the file is empty (no rows); put data in it or remove it from the dataset list."
+        )
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path, data)
+    elif suffix == ".json":
+        yield from _iter_json(path, data)
+    else:
+        yield from _iter_csv(path, data)
+
+
+def _object_row(row: Any, source: str) -> SourceRow:
+    """Rows must be JSON objects; anything else is reported per row rather than failing the whole file."""
+    if isinstance(row, dict):
+        return SourceRow(row, source)
+    kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    kind = "null" if row is None else kinds.get(type(row), f"a {type(row).__name__}")
+    err = RowError("not_an_object", f'the row is {kind}, not a JSON object like {{"messages": [...]}}')
+    return SourceRow(row, source, err)
+
+
+def _iter_jsonl(path: Path, data: bytes) -> Iterator[SourceRow]:
+    # Lines are decoded one by one so a single bad line (bad bytes, broken JSON) costs one row, not the file.
+    for lineno, raw in enumerate(data.splitlines(), start=1):
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM written by some Windows editors
+            raw = raw[3:]
+        source = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            detail = (
+                f"the line is not valid UTF-8 (byte {e.start + 1}: {e.reason}); re-save the file as UTF-8"
+            )
+            yield SourceRow(None, source, RowError("not_utf8", detail))
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield SourceRow(
+                None, source, RowError("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}")
+            )
+            continue
+        yield _object_row(row, source)
+
+
+def _decode_whole(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{path}:{line}: the file is not valid UTF-8 ({e.reason}); re-save it as UTF-8."
+        ) from e
+
+
+def _iter_json(path: Path, data: bytes) -> Iterator[SourceRow]:
+    text = _decode_whole(path, data)
+    if not text.strip():
+        raise DataError(
+            f"{path}: the file is empty (no rows); put data in it or remove it from the dataset list."
+        )
+    decoder = json.JSONDecoder()
+    start = len(text) - len(text.lstrip())
+    if text[start] == "[":
+        yield from _iter_json_array(path, text, start, decoder)
+        return
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and _first_line_is_json(text):
+            # One value per line in a .json file: JSON Lines saved as .json (common), so read it as such.
+            yield from _iter_jsonl(path, data)
+            return
+        raise _json_file_error(path, e) from e
+    yield _object_row(value, f"{path}:{_line_of(text, start)}")
+
+
+def _first_line_is_json(text: str) -> bool:
+    first = next(line for line in text.splitlines() if line.strip())
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _iter_json_array(path: Path, text: str, start: int, decoder: json.JSONDecoder) -> Iterator[SourceRow]:
+    """Parse the array element by element so each row knows the line it starts on."""
+    rows: list[SourceRow] = []
+    pos, line, counted = start + 1, 1, 0
+    try:
+        pos = _skip_ws(text, pos)
+        if text[pos : pos + 1] != "]":
+            while True:
+                value, end = decoder.raw_decode(text, pos)
+                line += text.count("\n", counted, pos)  # count incrementally: O(file size) overall
+                counted = pos
+                rows.append(_object_row(value, f"{path}:{line} (item {len(rows)})"))
+                pos = _skip_ws(text, end)
+                sep = text[pos : pos + 1]
+                if sep == "]":
+                    break
+                if sep != ",":
+                    raise ValueError
+                pos = _skip_ws(text, pos + 1)
+        if text[pos + 1 :].strip():
+            raise ValueError
+    except (json.JSONDecodeError, ValueError):
+        # The scan only knows *that* it failed; json.loads gives the standard reason with line and column.
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise _json_file_error(path, e) from e
+        raise DataError(f"{path}: invalid JSON; check the file with a JSON validator.") from None
+    # Rows are collected first so a syntax error at the end fails before any row is used.
+    yield from rows
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _json_file_error(path: Path, e: json.JSONDecodeError) -> DataError:
+    return DataError(
+        f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}. Fix the file (a .json file must hold "
+        "one JSON array of objects or one object; use .jsonl for one object per line)."
+    )
+
+
+def _iter_csv(path: Path, data: bytes) -> Iterator[SourceRow]:
+    text = _decode_whole(path, data)
+    # newline="" keeps line breaks inside quoted cells intact, as the csv module requires.
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        last_line = reader.line_num
+        for values in reader:
+            # A row starts right after the previous one ended; quoted cells may span several lines.
+            start, last_line = last_line + 1, reader.line_num
+            if not values:
+                continue
+            source = f"{path}:{start}"
+            if len(values) > len(header):
+                detail = f"the row has {len(values)} cells but the header has {len(header)}; quote cells holding commas"
+                yield SourceRow(None, source, RowError("bad_csv_row", detail))
+                continue
+            # Missing trailing cells read as "" like empty ones: a CSV cannot tell them apart anyway.
+            yield SourceRow(
+                dict(zip(header, values + [""] * (len(header) - len(values)), strict=True)), source
+            )
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: cannot parse the CSV: {e}.") from e
+
+
+def _iter_parquet(path: Path) -> Iterator[SourceRow]:
+    import pyarrow.parquet as pq  # imported here: only parquet users pay for it
+
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt or non-parquet file
+        raise DataError(
+            f"{path}: cannot read the parquet file ({e}); check that it is a valid parquet file."
+        ) from e
+    index = 0
+    # to_pylist yields plain Python lists/dicts (no numpy), so rows look like JSON rows to every later stage.
+    for batch in table.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            yield SourceRow(row, f"{path}:row {index}")
+            index += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets: a save_to_disk folder, a local path, or the Hugging Face Hub
+
+
+def iter_dataset_rows(
+    name: str, config: str | None, split: str, revision: str | None = None
+) -> Iterator[SourceRow]:
+    """Yield rows of a `datasets` dataset; local folders and files are read with `iter_rows` (file:line sources)."""
+    local = Path(name).expanduser()
+    if local.is_dir() and _is_saved_dataset(local):
+        yield from _iter_saved(local, name, split)
+        return
+    if local.exists():
+        files = resolve_data_files(local)
+        if local.is_dir():
+            files = _files_of_split(files, local, split)
+        for path in files:
+            yield from iter_rows(path)
+        return
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split, revision=revision)
+    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as e:
+        raise DataError(
+            f"{name}: not a local path and not found on the Hugging Face Hub ({e}); check the name, "
+            "your network and, for gated datasets, `hf auth login`."
+        ) from e
+    yield from _iter_hf(ds, name, split)
+
+
+# File-name words that mark a split, as in Hub repos (`data/train-00000-of-00001.parquet`, `dev.jsonl`).
+_SPLIT_WORDS = {
+    "train": ("train", "training"),
+    "test": ("test", "testing", "eval", "evaluation"),
+    "validation": ("validation", "valid", "val", "dev"),
+}
+
+
+def _split_of(word_source: str) -> str | None:
+    words = set(re.split(r"[^a-z]+", word_source.lower()))
+    return next((split for split, names in _SPLIT_WORDS.items() if words.intersection(names)), None)
+
+
+def _files_of_split(files: list[Path], root: Path, split: str) -> list[Path]:
+    """Keep the requested split's files when a folder holds several splits side by side.
+
+    Without this, a downloaded Hub folder with train and test files would train on both and evaluate on the
+    training data. A folder whose files name at most one split is read whole.
+    """
+    by_split: dict[str, list[Path]] = {}
+    for f in files:
+        found = _split_of(str(f.relative_to(root)))
+        if found:
+            by_split.setdefault(found, []).append(f)
+    if len(by_split) < 2:
+        return files
+    wanted = _split_of(split) or split
+    if wanted not in by_split:
+        raise DataError(
+            f"{root}: no files for split '{split}'; the file names show splits: "
+            f"{', '.join(sorted(by_split, key=list(_SPLIT_WORDS).index))}. Set the split to one of them."
+        )
+    return by_split[wanted]
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """Folders written by `save_to_disk`: a Dataset has state.json, a DatasetDict has dataset_dict.json."""
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _iter_saved(path: Path, name: str, split: str) -> Iterator[SourceRow]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(
+                f"{name}: no split '{split}'; available splits: {', '.join(ds)}. Set the split to one "
+                "of them."
+            )
+        ds = ds[split]
+    yield from _iter_hf(ds, name, split)
+
+
+def _iter_hf(ds: Any, name: str, split: str) -> Iterator[SourceRow]:
+    for i, row in enumerate(ds):
+        yield _object_row(row, f"{name}[{split}]#{i}")

@@ -1,0 +1,97 @@
+"""Load the tokenizer (with its chat template and a safe pad token) and the model (dtype, attention, use_cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sftforge.config.schema import DataArguments, ModelArguments
+from sftforge.data.masking import end_of_turn_markers
+from sftforge.data.templates import resolve_chat_template
+from sftforge.errors import ConfigError
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+@dataclass
+class TokenizerBundle:
+    tokenizer: Any
+    template: str
+    template_source: str
+    end_of_turn: list[str]  # e.g. ["<|im_end|>"]
+    notes: list[str]
+
+    @property
+    def end_of_turn_ids(self) -> list[int]:
+        return [self.tokenizer.convert_tokens_to_ids(t) for t in self.end_of_turn]
+
+
+def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> TokenizerBundle:
+    from transformers import AutoTokenizer
+
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n"
+            "    Give a local model folder or a hub id (hub ids need network).",
+            source="model_name_or_path",
+        ) from None
+    template, source = resolve_chat_template(data_args.chat_template, tokenizer)
+    tokenizer.chat_template = (
+        template  # saved with the model, so inference renders exactly what we trained on
+    )
+    notes = [f"chat template: {source}"]
+    eot = end_of_turn_markers(tokenizer, template)
+    notes.append(f"end-of-turn: {', '.join(eot) if eot else 'none emitted by the template'} (always trained)")
+    notes += _ensure_pad_token(tokenizer, eot)
+    return TokenizerBundle(tokenizer, template, source, eot, notes)
+
+
+def _ensure_pad_token(tokenizer: Any, end_of_turn: list[str]) -> list[str]:
+    """Pick a pad token that is not the end-of-turn token (labels never depend on it; the choice is cosmetic
+    for masks but keeps attention_mask-less tools from cutting at the end of turns)."""
+    if tokenizer.pad_token is not None:
+        return [f"pad token: {tokenizer.pad_token} (the tokenizer's)"]
+    vocab = tokenizer.get_vocab()
+    for candidate in ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "[PAD]", tokenizer.unk_token):
+        if candidate and candidate in vocab and candidate not in end_of_turn:
+            tokenizer.pad_token = candidate
+            return [f"pad token: {candidate} (tokenizer had none)"]
+    if tokenizer.eos_token and tokenizer.eos_token not in end_of_turn:
+        tokenizer.pad_token = tokenizer.eos_token
+        return [f"pad token: {tokenizer.eos_token} (= eos, which is not the end-of-turn token)"]
+    tokenizer.pad_token = tokenizer.eos_token
+    return [
+        f"pad token: {tokenizer.eos_token} (= eos; labels come from spans, so end-of-turn is still trained)"
+    ]
+
+
+def load_model(model_args: ModelArguments, gradient_checkpointing: bool) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype: Any = (
+        "auto" if model_args.torch_dtype == "auto" else getattr(torch, _DTYPES[model_args.torch_dtype])
+    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            trust_remote_code=model_args.trust_remote_code,
+            use_safetensors=None,  # prefer safetensors; fall back only when a repo has no .safetensors
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {str(e).splitlines()[0]}",
+            source="model",
+        ) from None
+    # The KV cache is useless in training and conflicts with checkpointing; the saved config turns it back on.
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    return model

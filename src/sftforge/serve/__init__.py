@@ -1,0 +1,1 @@
+"""Using a trained model: terminal chat (server and web page come later)."""

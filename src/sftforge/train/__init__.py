@@ -1,0 +1,1 @@
+"""Training on transformers.Trainer: a thin subclass, callbacks and the run orchestration."""

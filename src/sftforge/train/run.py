@@ -1,0 +1,115 @@
+"""`sftforge train`: config → data → model → transformers.Trainer → Hugging Face folder + metrics + plot + card."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from sftforge.config import SFTConfig, dump_config
+from sftforge.data.collate import PaddingCollator
+from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
+from sftforge.errors import ConfigError
+from sftforge.export.model_card import write_model_card
+from sftforge.export.plot import plot_loss
+from sftforge.export.save import save_model_folder
+from sftforge.model.load import load_model, load_tokenizer
+from sftforge.train.summary import print_final_summary, print_startup_summary
+from sftforge.train.trainer import SFTTrainer
+
+
+def check_output_dir(cfg: SFTConfig) -> Path:
+    """Fail before any work when output_dir is unwritable or already holds a finished model."""
+    out = Path(cfg.training.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"output_dir: {str(out)!r} exists and is a file; choose a folder path.", "output_dir"
+        )
+    finished = (out / "config.json").exists() or any(out.glob("checkpoint-*"))
+    if finished and not cfg.training.overwrite_output_dir and not cfg.training.resume_from_checkpoint:
+        raise ConfigError(
+            f"output_dir: {str(out)!r} already holds a trained model or checkpoints. Use a new output_dir, "
+            "add --overwrite_output_dir true to replace it, or --resume_from_checkpoint PATH to continue.",
+            "output_dir",
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".sftforge_write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write to {str(out)!r} ({e.strerror}).", "output_dir") from None
+    return out
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_training(cfg: SFTConfig) -> dict[str, Any]:
+    started = time.time()
+    out = check_output_dir(cfg)
+    bundle = load_tokenizer(cfg.model, cfg.data)
+    spec = TokenizeSpec(bundle.tokenizer, bundle.template, tuple(bundle.end_of_turn), cfg.data.max_length)
+    data: PreparedData = prepare_data(cfg.data, spec, cfg.training.seed)
+
+    args = cfg.training
+    model = load_model(cfg.model, bool(args.activation_checkpointing))
+    if _is_main_process():
+        dump_config(cfg, out / "sftforge_config.yaml")
+        print_startup_summary(cfg, bundle, data, model)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=[e.as_features() for e in data.train],
+        eval_dataset=[e.as_features() for e in data.eval] or None,
+        data_collator=PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None),
+        processing_class=bundle.tokenizer,
+    )
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
+    metrics: dict[str, Any] = dict(result.metrics)
+    metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)
+    metrics["train_loss_last"] = next(
+        (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
+    )
+    if data.eval:
+        metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
+    metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
+    metrics["wall_time_s"] = round(time.time() - started, 2)
+
+    save_model_folder(trainer, bundle.tokenizer, bundle.end_of_turn_ids, out)
+    if trainer.is_world_process_zero():
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (out / "log_history.json").write_text(
+            json.dumps(trainer.state.log_history, indent=2), encoding="utf-8"
+        )
+        plot_loss(trainer.state.log_history, out / "loss.png")
+        write_model_card(
+            out / "README.md",
+            base_model=cfg.model.model_name_or_path,
+            data_desc=_describe_data(cfg, data),
+            training=args,
+            extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
+        )
+        print_final_summary(metrics, out)
+    return metrics
+
+
+def _describe_data(cfg: SFTConfig, data: PreparedData) -> str:
+    source = cfg.data.train_data_path or [cfg.data.dataset_name]
+    formats = ", ".join(f"{k}: {v}" for k, v in data.train_stats.formats.items())
+    return (
+        f"Train: {', '.join(map(str, source))} — {len(data.train)} examples ({formats}); "
+        f"{data.train_stats.trained_tokens} trained tokens of {data.train_stats.tokens}. "
+        f"Eval: {len(data.eval)} examples."
+    )
+
+
+def _on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

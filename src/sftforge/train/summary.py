@@ -1,0 +1,62 @@
+"""One-screen summaries at the start and the end of a run."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _steps(num_examples: int, args: Any) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    if args.max_steps and args.max_steps > 0:
+        return per_step, args.max_steps
+    batches = math.ceil(num_examples / (args.per_device_train_batch_size * world))
+    return per_step, math.ceil(batches / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
+
+
+def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
+    stats = data.train_stats
+    args = cfg.training
+    effective, total_steps = _steps(len(data.train), args)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
+    lines = [
+        "─" * 72,
+        f" sftforge train → {args.output_dir}",
+        f" model        {cfg.model.model_name_or_path}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
+        *[f" decision     {note}" for note in cfg.notes + bundle.notes],
+        f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
+        + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
+        f" dropped      {dropped}",
+        f" tokens       {stats.tokens} total, {stats.trained_tokens} trained "
+        f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length}",
+        f" split        {len(data.train)} train / {len(data.eval)} eval examples",
+        f" batch        {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
+        f"accumulation = {effective} effective; {total_steps} optimizer steps",
+        "─" * 72,
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
+    def get(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = [
+        "─" * 72,
+        f" done in {get('wall_time_s')} s — train loss {get('train_loss_first')} → {get('train_loss_last')}"
+        + (
+            f"; eval loss {get('eval_loss')}, perplexity {get('eval_perplexity')}"
+            if "eval_loss" in metrics
+            else ""
+        ),
+        f" {get('train_samples_per_second')} samples/s; model folder: {out}",
+        f" chat with it: sftforge chat {out}",
+        "─" * 72,
+    ]
+    print("\n".join(lines), flush=True)
