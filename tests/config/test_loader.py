@@ -244,3 +244,32 @@ def test_sections_are_flattened(tmp_path, data_file):
     )
     cfg = load_config(recipe)
     assert cfg.model.model_name_or_path == "m" and cfg.training.seed == 7
+
+
+def test_dump_keeps_device_choices_auto_so_gpu_machines_re_resolve(tmp_path, data_file):
+    cfg = load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file)])
+    assert cfg.model.torch_dtype == "float32"  # resolved for this CPU run...
+    dumped = config_to_dict(cfg)
+    assert dumped["model"]["torch_dtype"] == "auto"  # ...but written as the user left it
+    assert dumped["model"]["attn_implementation"] == "auto"
+    assert "use_cpu" not in dumped["training"] and "bf16" not in dumped["training"]
+    explicit = load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file),
+                                  "--torch_dtype", "bfloat16"])  # fmt: skip
+    assert config_to_dict(explicit)["model"]["torch_dtype"] == "bfloat16"
+
+
+def test_old_and_new_checkpointing_names_conflict(data_file):
+    with pytest.raises(ConfigError, match="same setting with different values"):
+        load_config(
+            None,
+            [
+                "--model_name_or_path",
+                "m",
+                "--train_data_path",
+                str(data_file),
+                "--gradient_checkpointing",
+                "true",
+                "--activation_checkpointing",
+                "false",
+            ],
+        )

@@ -13,7 +13,9 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-QUESTIONS = [f"Is {w} a word number {i}?" for i, w in enumerate("sun moon star tree rock river hill lake".split() * 4)]
+QUESTIONS = [
+    f"Is {w} a word number {i}?" for i, w in enumerate(["sun", "moon", "star", "tree", "rock", "river", "hill", "lake"] * 4)
+]
 ANSWER = "yes it is"
 
 
@@ -21,9 +23,13 @@ def _rows(fmt: str) -> list[dict]:
     rows = []
     for i, q in enumerate(QUESTIONS):
         if fmt == "messages":
-            rows.append({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
+            rows.append(
+                {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]}
+            )
         elif fmt == "conversations":
-            rows.append({"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]})
+            rows.append(
+                {"conversations": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]}
+            )
         elif fmt == "sharegpt":
             turns = [{"from": "human", "value": q}, {"from": "gpt", "value": ANSWER}]
             row: dict = {"conversations": turns, "system": "Answer briefly."}
@@ -44,7 +50,12 @@ def _rows(fmt: str) -> list[dict]:
 def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "sftforge", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "sftforge", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -116,8 +127,10 @@ def test_resolved_config_feeds_back_into_train(tmp_path, tiny_model_dir):
     data.write_text("\n".join(json.dumps(r) for r in _rows("messages")) + "\n")
     first = tmp_path / "first"
     proc = run_cli("train", "--model_name_or_path", str(tiny_model_dir), "--train_data_path", str(data),
-                   "--output_dir", str(first), "--max_steps", "2", "--save_strategy", "no", cwd=tmp_path)  # fmt: skip
+                   "--output_dir", str(first), "--max_steps", "2", "--save_strategy", "no",
+                   "--report_to", "tensorboard", "--logging_steps", "1", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(first.glob("runs/*/events.out.tfevents.*")), "report_to: tensorboard wrote no event file"
     second = tmp_path / "second"
     proc = run_cli("train", str(first / "sftforge_config.yaml"), "--output_dir", str(second), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -52,9 +52,10 @@ class SFTConfig:
     data: DataArguments
     training: SFTTrainingArguments
     explicit: set[str] = field(default_factory=set)  # keys the user set (file or CLI), after aliasing
-    notes: list[str] = field(
-        default_factory=list
-    )  # decisions taken for the user, shown in the start-up summary
+    # Decisions taken for the user, shown in the start-up summary.
+    notes: list[str] = field(default_factory=list)
+    # Device-dependent keys the user left to us: key → the value they left ("auto" / unset).
+    auto_resolved: dict[str, Any] = field(default_factory=dict)
     recipe_path: str | None = None
 
 
@@ -322,7 +323,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
 
     from sftforge.config.validate import check_and_resolve  # local: validate imports torch lazily
 
-    notes = check_and_resolve(per_section, set(values), problems)
+    auto: dict[str, Any] = {}
+    notes = check_and_resolve(per_section, set(values), problems, auto)
     if problems:
         raise ConfigError(problems, source=str(recipe) if recipe else "command line")
 
@@ -333,7 +335,15 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     except (ValueError, TypeError) as e:
         # TrainingArguments' own checks: relay their words, they name the argument.
         raise ConfigError(str(e).strip(), source=str(recipe) if recipe else "command line") from None
-    return SFTConfig(model, data, training, explicit=set(values), notes=notes, recipe_path=str(recipe or ""))
+    return SFTConfig(
+        model,
+        data,
+        training,
+        explicit=set(values),
+        notes=notes,
+        auto_resolved=auto,
+        recipe_path=str(recipe or ""),
+    )
 
 
 # ---------------------------------------------------------------- writing
@@ -363,6 +373,13 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         value = _plain(getattr(cfg.training, f.name))
         if f.name in cfg.explicit or value != _plain(getattr(defaults, f.name)) or f.name == "output_dir":
             out["training"][f.name] = value
+    # Device-dependent choices stay "auto" so the file re-resolves on the machine that reads it (CPU → GPU).
+    for key, original in cfg.auto_resolved.items():
+        section = FIELDS[key][0]
+        if section == "training":
+            out["training"].pop(key, None)
+        else:
+            out[section][key] = original
     return out
 
 

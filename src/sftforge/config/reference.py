@@ -41,7 +41,7 @@ COMMON_TRAINING_KEYS = (
 
 
 def _first_sentence(text: str) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text.split()).replace("%%", "%")  # argparse-escaped help strings from transformers
     return text if len(text) < 140 else text[:137] + "..."
 
 

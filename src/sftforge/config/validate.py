@@ -26,10 +26,18 @@ def cpu_supports_bf16() -> bool:
 
 
 def check_and_resolve(
-    values: dict[str, dict[str, Any]], explicit: set[str], problems: list[str]
+    values: dict[str, dict[str, Any]], explicit: set[str], problems: list[str], auto: dict[str, Any]
 ) -> list[str]:
+    """Validate, and fill device-dependent defaults. `auto` receives {key: value the user left} for each key
+    resolved here, so the written config keeps "auto" and re-resolves on the machine that reads it."""
     model, data, train = values["model"], values["data"], values["training"]
     notes: list[str] = []
+    for key in ("torch_dtype", "attn_implementation"):
+        if model.get(key, "auto") == "auto":
+            auto[key] = "auto"
+    for key in ("bf16", "fp16", "use_cpu"):
+        if key not in explicit:
+            auto[key] = False
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -45,6 +53,8 @@ def check_and_resolve(
     ):
         if old in train:
             value = train.pop(old)
+            if new in train and train[new] != value:
+                problems.append(f"{old} and {new} are the same setting with different values; keep one.")
             train.setdefault(new, value)
     return notes
 

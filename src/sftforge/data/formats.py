@@ -107,7 +107,7 @@ def _parse_turn(turn: Any, i: int) -> Message:
     else:
         role = ROLE_ALIASES.get(raw_role.strip().lower())
         if role is None:
-            expected = ", ".join([*dict.fromkeys(ROLE_ALIASES.values()), *ROLE_ALIASES, FUNCTION_CALL_ROLE])
+            expected = ", ".join([*ROLE_ALIASES, FUNCTION_CALL_ROLE])
             raise RowError("unknown_role", f"turn {i} has role {raw_role!r}; expected one of: {expected}")
         text, reasoning, calls = _parse_content(content, turn_label(i, role))
         msg = Message(role, text, reasoning=_turn_reasoning(turn, reasoning, i, role))

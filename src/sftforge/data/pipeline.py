@@ -55,6 +55,9 @@ class PreparedData:
     eval_stats: DataStats | None
 
 
+DROPPED_NOT_BAD = frozenset({"no_trainable_tokens_after_truncation"})
+
+
 @dataclass(frozen=True)
 class TokenizeSpec:
     """Everything a worker process needs to turn one row into an example (picklable)."""
@@ -75,7 +78,9 @@ def process_row(spec: TokenizeSpec, source_row: SourceRow) -> tuple[str, str, An
             conv, spec.tokenizer, spec.template, spec.end_markers, spec.max_length
         )
     except RowError as e:
-        return "bad", e.reason, f"{source_row.source}: {e.detail}"
+        # Truncation that leaves nothing to train is not a data mistake: drop and count it in every mode.
+        status = "drop" if e.reason in DROPPED_NOT_BAD else "bad"
+        return status, e.reason, f"{source_row.source}: {e.detail}"
     return "ok", conv.format, (Example(tok.input_ids, tok.labels, source_row.source), tok.truncated)
 
 
@@ -105,6 +110,9 @@ def build_examples(
     try:
         for status, what, payload in tqdm(results, desc=desc, unit=" rows", mininterval=0.5):
             stats.rows += 1
+            if status == "drop":
+                stats.dropped[what] += 1
+                continue
             if status == "bad":
                 if on_bad_rows == "error":
                     raise DataError(

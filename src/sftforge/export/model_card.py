@@ -31,7 +31,7 @@ def write_model_card(
     extra: dict[str, Any],
     metrics: dict[str, Any],
 ) -> Path:
-    hp = {k: getattr(training, k) for k in _KEY_HPARAMS} | extra
+    hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
     lines = [
         "---",
         f"base_model: {base_model}",

@@ -32,6 +32,10 @@ def load_for_chat(model: str, trust_remote_code: bool = False) -> tuple[Any, Any
         raise ConfigError(
             f"{model!r} has no chat template; train it with sftforge or add one.", source="chat"
         )
+    import torch
+
+    if torch.cuda.is_available():
+        lm = lm.to("cuda")
     lm.eval()
     return tokenizer, lm
 
@@ -52,6 +56,7 @@ def generate_reply(
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
+    inputs = inputs.to(model.device)
     kwargs: dict[str, Any] = dict(**inputs, max_new_tokens=max_new_tokens, do_sample=temperature > 0)
     if temperature > 0:
         kwargs.update(temperature=temperature, top_p=top_p)

@@ -103,7 +103,8 @@ def _describe_data(cfg: SFTConfig, data: PreparedData) -> str:
     source = cfg.data.train_data_path or [cfg.data.dataset_name]
     formats = ", ".join(f"{k}: {v}" for k, v in data.train_stats.formats.items())
     return (
-        f"Train: {', '.join(map(str, source))} — {len(data.train)} examples ({formats}); "
+        f"Data: {', '.join(map(str, source))} — {data.train_stats.kept} usable rows ({formats}); "
+        f"{len(data.train)} trained on; "
         f"{data.train_stats.trained_tokens} trained tokens of {data.train_stats.tokens}. "
         f"Eval: {len(data.eval)} examples."
     )

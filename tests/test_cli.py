@@ -1,0 +1,92 @@
+"""The CLI surface: user mistakes are one clear message with exit code 2 and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sftforge.cli import main
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--learnig_rate", "1e-4"], "unknown key 'learnig_rate'. Did you mean 'learning_rate'?"),
+        (
+            ["--per_device_train_batch_size", "eight"],
+            "per_device_train_batch_size: expected an integer, got 'eight'",
+        ),
+        (["--bf16", "--fp16"], "bf16 and fp16 are both true"),
+        (["--train_data_path", "missing.json"], "train_data_path: 'missing.json' does not exist"),
+    ],
+)
+def test_config_errors_exit_2_with_one_message(capsys, data_file, extra, expected):
+    argv = ["train", "--model_name_or_path", "m", "--train_data_path", str(data_file), *extra]
+    if extra[0] == "--train_data_path":
+        argv = ["train", "--model_name_or_path", "m", *extra]
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    assert expected in err
+    assert "Traceback" not in err
+    assert err.startswith("sftforge train: error: Problem in command line:")
+
+
+def test_config_error_from_subprocess_has_no_traceback(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "sftforge", "train", "--model_name_or_path", "m", "--train_data_path",
+         str(tmp_path / "nope.jsonl"), "--learnig_rate", "1"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Did you mean 'learning_rate'?" in proc.stderr and "nope.jsonl' does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_row_in_error_mode_names_file_and_line(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    data.write_text(f"{good}\n{good}\n{{not json\n")
+    code, err = _run(capsys, "train", "--model_name_or_path", str(tiny_model_dir), "--train_data_path", str(data),
+                     "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    assert code == 2
+    assert f"{data}:3:" in err and "invalid_json" in err and "on_bad_rows: skip" in err
+    assert "Traceback" not in err
+
+
+def test_help_lists_keys_and_aliases(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for key in (
+        "--model_name_or_path",
+        "--train_data_path",
+        "--max_length",
+        "--learning_rate",
+        "--on_bad_rows",
+    ):
+        assert key in out
+    assert "max_seq_length → max_length" in out
+
+
+def test_unknown_command_suggests(capsys):
+    assert main(["trian"]) == 2
+    assert "Did you mean 'train'?" in capsys.readouterr().err
