@@ -296,7 +296,11 @@ def test_bad_tool_call(value: str, detail: str) -> None:
 def test_unknown_role_names_turn_and_role() -> None:
     err = row_error({"conversations": [{"from": "human", "value": "x"}, {"from": "xyz", "value": "y"}]})
     assert err.reason == "unknown_role"
-    assert err.detail.startswith("turn 1 has role 'xyz'; expected one of: system, user, assistant, tool, ")
+    assert err.detail.startswith(
+        "turn 1 has role 'xyz'; expected one of: system, user, human, assistant, gpt"
+    )
+    listed = err.detail.split("expected one of: ")[1].split(", ")
+    assert len(listed) == len(set(listed))  # each accepted role named once
     assert "function_call" in err.detail
 
 

@@ -242,11 +242,6 @@ def test_chinese_and_emoji_content(tok: Any) -> None:
     assert len(runs(out)[0]) == len(ids(tok, answer)) + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RowError,
-    reason="BUG masking._verify compares the NFC-normalized decode with the raw (NFD) text: mask_mismatch",
-)
 def test_decomposed_unicode_content_is_trained(tok: Any) -> None:
     answer = (
         "Cafe\u0301 and Nguye\u0302\u0303n"  # NFD: combining accents, as some editors and macOS write them
@@ -259,12 +254,8 @@ def test_content_starting_with_newline_is_never_mistrained(tok: Any) -> None:
     """ "\\n" after the header and the content's leading "\\n" merge into one token that crosses the turn
     boundary. It must either be refused (mask_mismatch) or trained as the whole content; never half-trained."""
     c = conv(("user", "Code?"), ("assistant", "\nprint(1)"))
-    try:
-        out = tokenize(tok, c)
-    except RowError as e:
-        assert e.reason == "mask_mismatch"
-    else:
-        assert run_texts(tok, out) == ["\nprint(1)" + IM_END]
+    out = tokenize(tok, c)  # tokenized piecewise at turn edges, so the merge cannot happen
+    assert run_texts(tok, out) == ["\nprint(1)" + IM_END]
 
 
 def test_trailing_and_inner_whitespace_is_trained_as_is(tok: Any) -> None:
@@ -460,12 +451,6 @@ def test_end_of_turn_markers_default_template_and_none(tok: Any) -> None:
     assert run_texts(tok, out) == ["Hello there"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RowError,
-    reason="BUG masking._cut_after_end_of_turn: with no end-of-turn marker the span ends before the template's "
-    "trailing newline, but '.' + '\\n' is one token, so the row fails with mask_mismatch",
-)
 def test_template_without_end_marker_trains_content_ending_in_punctuation(tok: Any) -> None:
     plain = (
         "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
@@ -498,13 +483,10 @@ def test_indented_template_file_is_refused_not_mistrained(bpe: Any, templates_di
     assert err.value.reason == "template_not_prefix_preserving"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG make_renderer lets the template's raise_exception (jinja2 TemplateError) escape instead of a RowError",
-)
 def test_template_refusing_the_role_order_is_a_row_error(bpe: Any, templates_dir: Path) -> None:
     t = family_tokenizer(bpe, "<s>", IM_END, ["<|im_start|>", IM_END])
     template = chujiezheng(templates_dir / "chatml.jinja")  # requires user/assistant alternation
     c = conv(("user", "One"), ("user", "Two"), ("assistant", "Answer."))
-    with pytest.raises(RowError):
+    with pytest.raises(RowError) as err:
         tokenize_conversation(c, t, template, [IM_END], 4096)
+    assert err.value.reason == "template_error" and "refused this conversation" in err.value.detail

@@ -269,6 +269,19 @@ def test_skip_mode_counts_each_reason_and_keeps_the_good_rows(tmp_path: Path, sp
     assert stats.trained_tokens == sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples) > 0
 
 
+def test_truncation_is_counted_in_every_mode(tmp_path: Path, tok: Any) -> None:
+    """A row truncated to nothing trainable is dropped and counted even in strict mode (not a data mistake)."""
+    long_prompt = msg_row(("user", "word " * 200), ("assistant", "Short answer."))
+    long_answer = msg_row(("user", "Hi"), ("assistant", "word " * 200))
+    path = write_jsonl(tmp_path / "long.jsonl", [good(1), long_prompt, long_answer])
+    for mode in ("error", "skip"):
+        examples, stats = build_examples(iter_rows(path), make_spec(tok, 64), mode, None, "test")
+        assert [e.source for e in examples] == [f"{path}:1", f"{path}:3"]
+        assert stats.dropped == Counter(no_trainable_tokens_after_truncation=1)
+        assert stats.truncated == 1 and stats.kept == 2 and stats.rows == 3
+        assert len(examples[1].input_ids) == 64 and examples[1].labels[-1] != IGNORE_INDEX
+
+
 def test_parallel_preprocessing_matches_serial(tmp_path: Path, spec: TokenizeSpec) -> None:
     lines = [good(i) for i in range(1, 6)] + [BAD_ROWS["unknown_role"]] + [good(i) for i in range(7, 10)]
     path = write_jsonl(tmp_path / "small.jsonl", lines)
@@ -304,9 +317,9 @@ def test_eval_split_ratio_is_deterministic_and_disjoint(tmp_path: Path, spec: To
     sources = [e.source for e in first.train + first.eval]
     assert sorted(sources) == sorted(f"{path}:{n}" for n in range(1, 11))
     # Both sides keep the file order.
-    line = lambda e: int(e.source.rsplit(":", 1)[1])  # noqa: E731
-    assert [line(e) for e in first.train] == sorted(line(e) for e in first.train)
-    assert [line(e) for e in first.eval] == sorted(line(e) for e in first.eval)
+    for side in (first.train, first.eval):
+        lines = [int(e.source.rsplit(":", 1)[1]) for e in side]
+        assert lines == sorted(lines)
 
     again = prepare_data(args, spec, seed=0)
     assert [e.source for e in again.eval] == [e.source for e in first.eval]
@@ -341,13 +354,8 @@ def test_max_samples_reads_only_the_first_rows(tmp_path: Path, spec: TokenizeSpe
     assert data.train_stats.rows == 4 and data.eval == [] and data.eval_stats is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG an assistant-first conversation reaches the renderer with messages[:0] == [] and "
-    "apply_chat_template raises ValueError, which neither process_row nor skip mode catches",
-)
 def test_assistant_first_row_is_a_counted_bad_row(spec: TokenizeSpec) -> None:
     status, reason, message = process_row(
         spec, SourceRow(msg_row(("assistant", "I speak first.")), "f.jsonl:7")
     )
-    assert status == "bad" and message.startswith("f.jsonl:7: ")
+    assert status == "bad" and reason == "assistant_first" and message.startswith("f.jsonl:7: ")

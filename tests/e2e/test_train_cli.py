@@ -14,7 +14,8 @@ import yaml
 pytestmark = pytest.mark.slow
 
 QUESTIONS = [
-    f"Is {w} a word number {i}?" for i, w in enumerate(["sun", "moon", "star", "tree", "rock", "river", "hill", "lake"] * 4)
+    f"Is {w} a word number {i}?"
+    for i, w in enumerate(["sun", "moon", "star", "tree", "rock", "river", "hill", "lake"] * 4)
 ]
 ANSWER = "yes it is"
 

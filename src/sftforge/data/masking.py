@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from sftforge.data.conversation import Conversation
 from sftforge.errors import RowError
 
@@ -33,13 +35,17 @@ class Tokenized:
 
 def make_renderer(tokenizer: Any, template: str, tools: list[dict] | None) -> Render:
     def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            messages,
-            tools=tools,
-            chat_template=template,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        try:
+            return tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                chat_template=template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        except (TemplateError, ValueError, TypeError, KeyError) as e:
+            # The template itself refused (raise_exception) or broke on this conversation's shape.
+            raise RowError("template_error", f"the chat template refused this conversation: {e}") from None
 
     return render
 
@@ -67,6 +73,11 @@ def assistant_char_spans(conv: Conversation, render: Render, end_markers: Sequen
     for i, message in enumerate(conv.messages):
         if message.role != "assistant" or message.train is False:
             continue
+        if i == 0:
+            raise RowError(
+                "assistant_first",
+                "the conversation starts with an assistant turn; add the user turn it answers",
+            )
         prefix = render(messages[:i], True)
         upto = render(messages[: i + 1], False)
         if not upto.startswith(prefix) or not full.startswith(upto):
@@ -82,19 +93,24 @@ def assistant_char_spans(conv: Conversation, render: Render, end_markers: Sequen
 
 
 def tokenize_with_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Tokenized:
-    """Tokenize exactly what the template rendered (no extra BOS) and label tokens that start inside a span."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids: list[int] = list(enc["input_ids"])
-    labels = [IGNORE_INDEX] * len(input_ids)
-    span_index = 0
-    for k, (tok_start, tok_end) in enumerate(enc["offset_mapping"]):
-        while span_index < len(spans) and tok_start >= spans[span_index][1]:
-            span_index += 1
-        if span_index == len(spans):
-            break
-        span_start, span_end = spans[span_index]
-        if span_start <= tok_start < span_end and tok_end > tok_start:
-            labels[k] = input_ids[k]
+    """Tokenize exactly what the template rendered (no extra BOS), piece by piece at the span edges.
+
+    Cutting at turn edges means no token ever straddles a prompt/answer boundary, and the answer's tokens are the
+    ones the model produces at inference, where the prompt ends at the generation prompt.
+    """
+    pieces: list[tuple[str, bool]] = []
+    cursor = 0
+    for start, end in spans:
+        pieces += [(text[cursor:start], False), (text[start:end], True)]
+        cursor = end
+    pieces.append((text[cursor:], False))
+    pieces = [(piece, trained) for piece, trained in pieces if piece]
+    encoded = tokenizer([piece for piece, _ in pieces], add_special_tokens=False)["input_ids"]
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for (_, trained), ids in zip(pieces, encoded, strict=True):
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
     _verify(tokenizer, text, spans, input_ids, labels)
     return Tokenized(input_ids, labels)
 
@@ -102,14 +118,21 @@ def tokenize_with_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]])
 def _verify(tokenizer: Any, text: str, spans: list, input_ids: list[int], labels: list[int]) -> None:
     """The trained tokens must decode to exactly the assistant turns' text (content + end-of-turn)."""
     trained = [t for t, label in zip(input_ids, labels, strict=True) if label != IGNORE_INDEX]
-    expected = "".join(text[s:e] for s, e in spans)
+    expected = _normalize(tokenizer, "".join(text[s:e] for s, e in spans))
     got = tokenizer.decode(trained, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     if got != expected:
         raise RowError(
             "mask_mismatch",
             f"trained tokens decode to {got[:80]!r}… but the assistant turns read {expected[:80]!r}… "
-            "(a token crosses a turn boundary)",
+            "(the tokenizer does not round-trip this text)",
         )
+
+
+def _normalize(tokenizer: Any, text: str) -> str:
+    """Apply the tokenizer's own normalizer (e.g. NFC) so decoded text compares equal to the source."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    normalizer = getattr(backend, "normalizer", None)
+    return normalizer.normalize_str(text) if normalizer is not None else text
 
 
 def tokenize_conversation(

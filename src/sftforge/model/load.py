@@ -45,7 +45,14 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
         template  # saved with the model, so inference renders exactly what we trained on
     )
     notes = [f"chat template: {source}"]
-    eot = end_of_turn_markers(tokenizer, template)
+    try:
+        eot = end_of_turn_markers(tokenizer, template)
+    except Exception as e:  # a template that cannot render even a plain user/assistant exchange
+        raise ConfigError(
+            f"chat_template ({source}) fails on a simple user/assistant conversation: {e}. "
+            "Check that it fits this tokenizer (bos_token, eos_token), or pass another with chat_template.",
+            source="chat_template",
+        ) from None
     notes.append(f"end-of-turn: {', '.join(eot) if eot else 'none emitted by the template'} (always trained)")
     notes += _ensure_pad_token(tokenizer, eot)
     return TokenizerBundle(tokenizer, template, source, eot, notes)
