@@ -359,3 +359,22 @@ def test_assistant_first_row_is_a_counted_bad_row(spec: TokenizeSpec) -> None:
         spec, SourceRow(msg_row(("assistant", "I speak first.")), "f.jsonl:7")
     )
     assert status == "bad" and reason == "assistant_first" and message.startswith("f.jsonl:7: ")
+
+
+def test_dataset_name_can_be_a_saved_datasets_folder_with_test_split(
+    tmp_path: Path, spec: TokenizeSpec
+) -> None:
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([good(i) for i in range(6)]),
+            "test": datasets.Dataset.from_list([good(i) for i in range(100, 102)]),
+        }
+    ).save_to_disk(str(folder))
+    args = data_args(dataset_name=str(folder), dataset_test_split="test")
+    data = prepare_data(args, spec, seed=0)
+    assert len(data.train) == 6 and len(data.eval) == 2
+    assert data.train[0].source == f"{folder}[train]#0" and data.eval[1].source == f"{folder}[test]#1"
+    assert data.train_stats.formats == {"messages": 6}
