@@ -13,14 +13,14 @@ from sftforge.data.collate import PaddingCollator
 from sftforge.data.conversation import Conversation, Message
 from sftforge.data.masking import (
     IGNORE_INDEX,
+    MaskOptions,
     Tokenized,
-    assistant_char_spans,
-    end_of_turn_markers,
-    make_renderer,
-    tokenize_conversation,
     tokenize_with_spans,
+    trained_char_spans,
 )
-from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE
+from sftforge.data.pipeline import tokenize_conversation
+from sftforge.data.spans import render_conversation
+from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, TemplateInfo, end_of_turn_markers
 from sftforge.errors import RowError
 from sftforge.testing import default_corpus, train_bpe_tokenizer
 
@@ -55,11 +55,12 @@ def conv(*turns: tuple[str, str] | Message, tools: list[dict] | None = None) -> 
 
 
 def spans_of(tok: Any, c: Conversation, template: str = DEFAULT_CHAT_TEMPLATE) -> tuple[str, list]:
-    return assistant_char_spans(c, make_renderer(tok, template, c.tools), [IM_END])
+    rendered = render_conversation(c, tok, TemplateInfo.probe(tok, template))
+    return rendered.text, trained_char_spans(c, rendered, MaskOptions())
 
 
 def tokenize(tok: Any, c: Conversation, template: str = DEFAULT_CHAT_TEMPLATE, max_length: int = 4096):
-    return tokenize_conversation(c, tok, template, end_of_turn_markers(tok, template), max_length)
+    return tokenize_conversation(c, tok, template, max_length, truncation="right")
 
 
 def runs(out: Tokenized) -> list[list[int]]:
@@ -296,7 +297,7 @@ def test_truncation_keeps_a_prefix_and_flags_it(tok: Any) -> None:
 
 def test_text_rows_train_every_token_and_end_with_eos(tok: Any) -> None:
     c = Conversation([], source="c4.jsonl:1", format="text", meta={"text": "Plain web text."})
-    out = tokenize_conversation(c, tok, DEFAULT_CHAT_TEMPLATE, [IM_END], 4096)
+    out = tokenize_conversation(c, tok, DEFAULT_CHAT_TEMPLATE, 4096, truncation="right")
     assert out.input_ids == [*ids(tok, "Plain web text."), tok.eos_token_id]
     assert out.labels == out.input_ids
 
@@ -359,11 +360,11 @@ def test_bos_is_never_doubled(
     assert t("x")["input_ids"][0] == bos_id  # the tokenizer would add one...
     template = chujiezheng(templates_dir / f"{name}.jinja")
     c = conv(("user", "Hi"), ("assistant", "Hello."), ("user", "Again"), ("assistant", "Bye."))
-    text, _ = assistant_char_spans(c, make_renderer(t, template, None), end_of_turn_markers(t, template))
+    text = render_conversation(c, t, TemplateInfo.probe(t, template)).text
     assert text.startswith(bos)  # ...and the template writes one too
     assert t(text)["input_ids"].count(bos_id) == 2  # what naive tokenization of the rendering gives
 
-    out = tokenize_conversation(c, t, template, end_of_turn_markers(t, template), 4096)
+    out = tokenize_conversation(c, t, template, 4096, truncation="right")
     assert out.input_ids.count(bos_id) == 1 and out.input_ids[0] == bos_id
     assert out.labels[0] == IGNORE_INDEX
     assert out.input_ids == chat_ids(t, c.template_messages(), template)
@@ -415,7 +416,7 @@ def test_real_template_golden(
     answers = ["Hello friend.", "Sure, more of it."]
     turns = [("user", "Hi there"), ("assistant", answers[0]), ("user", "More?"), ("assistant", answers[1])]
     c = conv(*([("system", system)] if system else []), *turns)
-    out = tokenize_conversation(c, t, template, [marker], 4096)
+    out = tokenize_conversation(c, t, template, 4096, truncation="right")
     check_labels_copy_ids(out)
     # Training ids are exactly the template's tokenization: no BOS beyond the ones it writes, which is one at
     # most, except for Llama 2 that opens every [INST] with one.
@@ -446,9 +447,15 @@ def test_end_of_turn_markers_default_template_and_none(tok: Any) -> None:
         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
     )
     assert end_of_turn_markers(tok, plain) == []
-    # With no marker the turn is trained up to its last non-space character.
-    out = tokenize_conversation(conv(("user", "Hi"), ("assistant", "Hello there")), tok, plain, [], 4096)
-    assert run_texts(tok, out) == ["Hello there"]
+    # With no marker the turn is trained up to its last non-space character, then the tokenizer's eos is
+    # appended (and trained) so the model learns to stop.
+    out = tokenize_conversation(
+        conv(("user", "Hi"), ("assistant", "Hello there")), tok, plain, 4096, truncation="right"
+    )
+    assert run_texts(tok, out) == ["Hello there" + tok.eos_token]
+    assert (
+        tok.decode(out.input_ids, skip_special_tokens=False) == "user: Hi\nassistant: Hello there<|im_end|>\n"
+    )
 
 
 def test_template_without_end_marker_trains_content_ending_in_punctuation(tok: Any) -> None:
@@ -456,31 +463,39 @@ def test_template_without_end_marker_trains_content_ending_in_punctuation(tok: A
         "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
     )
-    out = tokenize_conversation(conv(("user", "Hi"), ("assistant", "Hello.")), tok, plain, [], 4096)
+    out = tokenize_conversation(
+        conv(("user", "Hi"), ("assistant", "Hello.")), tok, plain, 4096, truncation="right"
+    )
     assert run_texts(tok, out)[0].startswith("Hello.")
 
 
-def test_template_that_rewrites_earlier_turns_is_refused(bpe: Any, templates_dir: Path) -> None:
-    """TRL's Qwen3 template drops the <think> block of earlier assistant turns: not prefix-preserving."""
+def test_template_that_rewrites_earlier_turns_is_masked_as_rendered(bpe: Any, templates_dir: Path) -> None:
+    """TRL's Qwen3 template drops the <think> block of earlier assistant turns (not prefix-preserving): the
+    sentinel method places each turn in the one full render, which is what gets trained."""
     template = (templates_dir / "trl" / "qwen3.jinja").read_text(encoding="utf-8")
     assert end_of_turn_markers(bpe, template) == [IM_END]
     single = conv(("user", "Q1"), Message("assistant", "A1", reasoning="Think first."))
-    out = tokenize_conversation(single, bpe, template, [IM_END], 4096)
+    out = tokenize_conversation(single, bpe, template, 4096, truncation="right")
     assert run_texts(bpe, out) == ["<think>\nThink first.\n</think>\n\nA1" + IM_END]
 
     multi = conv(*single.messages, ("user", "Q2"), Message("assistant", "A2", reasoning="Again."))
-    with pytest.raises(RowError) as err:
-        tokenize_conversation(multi, bpe, template, [IM_END], 4096)
-    assert err.value.reason == "template_not_prefix_preserving" and "turn 1" in err.value.detail
+    out = tokenize_conversation(multi, bpe, template, 4096, truncation="right")
+    # Turn 1 is rendered without its reasoning once a later user turn follows; the last turn keeps it.
+    assert run_texts(bpe, out) == ["A1" + IM_END, "<think>\nAgain.\n</think>\n\nA2" + IM_END]
+    assert out.method == "prefix+sentinel"
+    no_reasoning = tokenize_conversation(multi, bpe, template, 4096, MaskOptions(train_on_reasoning=False))
+    assert run_texts(bpe, no_reasoning) == ["A1" + IM_END, "A2" + IM_END]
 
 
-def test_indented_template_file_is_refused_not_mistrained(bpe: Any, templates_dir: Path) -> None:
-    """A chujiezheng template used as-is renders stray newlines after the generation prompt."""
+def test_indented_template_file_is_masked_as_rendered(bpe: Any, templates_dir: Path) -> None:
+    """A chujiezheng template used as-is renders stray indentation and newlines around turns, so its generation
+    prompt is not a prefix of the full render; the sentinel method still trains exactly the (trimmed) content and
+    the end-of-turn token."""
     t = family_tokenizer(bpe, "<s>", IM_END, ["<|im_start|>", IM_END])
     template = (templates_dir / "chatml.jinja").read_text(encoding="utf-8")
-    with pytest.raises(RowError) as err:
-        tokenize_conversation(conv(("user", "Hi"), ("assistant", "Hello.")), t, template, [IM_END], 4096)
-    assert err.value.reason == "template_not_prefix_preserving"
+    c = conv(("user", "Hi"), ("assistant", "  Hello. "), ("user", "More?"), ("assistant", "Yes."))
+    out = tokenize_conversation(c, t, template, 4096, truncation="right")
+    assert run_texts(t, out) == ["Hello." + IM_END, "Yes." + IM_END]
 
 
 def test_template_refusing_the_role_order_is_a_row_error(bpe: Any, templates_dir: Path) -> None:
@@ -488,5 +503,5 @@ def test_template_refusing_the_role_order_is_a_row_error(bpe: Any, templates_dir
     template = chujiezheng(templates_dir / "chatml.jinja")  # requires user/assistant alternation
     c = conv(("user", "One"), ("user", "Two"), ("assistant", "Answer."))
     with pytest.raises(RowError) as err:
-        tokenize_conversation(c, t, template, [IM_END], 4096)
+        tokenize_conversation(c, t, template, 4096, truncation="right")
     assert err.value.reason == "template_error" and "refused this conversation" in err.value.detail

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sftforge.config.schema import DataArguments
-from sftforge.data.masking import IGNORE_INDEX, end_of_turn_markers
+from sftforge.data.masking import IGNORE_INDEX
 from sftforge.data.pipeline import (
     Example,
     TokenizeSpec,
@@ -35,7 +35,7 @@ def tok(tiny_model_dir: Path) -> Any:
 
 def make_spec(tok: Any, max_length: int = 4096) -> TokenizeSpec:
     template = tok.chat_template
-    return TokenizeSpec(tok, template, tuple(end_of_turn_markers(tok, template)), max_length)
+    return TokenizeSpec.build(tok, template, max_length, truncation="right")
 
 
 @pytest.fixture(scope="module")
@@ -193,8 +193,8 @@ def test_loss_weight_zero_assistant_turn_is_context_only(tok: Any, spec: Tokeniz
             {"role": "assistant", "content": [{"type": "text", "value": "Hello again."}], "loss_weight": 1.0},
         ]
     }
-    status, fmt, (example, truncated) = process_row(spec, SourceRow(row, "v1.jsonl:1"))
-    assert (status, fmt, truncated) == ("ok", "messages", False)
+    status, fmt, (example, tok_out) = process_row(spec, SourceRow(row, "v1.jsonl:1"))
+    assert (status, fmt, tok_out.truncated) == ("ok", "messages", False)
     runs = trained_runs(example)
     assert [decode(tok, [example.input_ids[k] for k in r]) for r in runs] == ["Hello again." + IM_END]
     assert "Hello (old)." in decode(tok, example.input_ids)

@@ -10,15 +10,13 @@ import dataclasses
 import difflib
 import enum
 import glob
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sftforge.config.coerce import coerce_value, field_type, scalar_from_text
 from sftforge.config.schema import SECTIONS, DataArguments, ModelArguments, SFTTrainingArguments
 from sftforge.errors import ConfigError
 
@@ -105,7 +103,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """`--key value`, `--key=value`, a bare `--flag` (true), dotted `--lr_scheduler_kwargs.min_lr_rate 0.1`.
 
-    Values stay strings here; `_coerce` converts them with the target field's type.
+    Values stay strings here; `coerce_value` converts them with the target field's type.
     """
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -132,131 +130,13 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
             else:
                 for part in rest[:-1]:
                     node = node.setdefault(part, {})
-                node[rest[-1]] = _scalar_from_text(value)
+                node[rest[-1]] = scalar_from_text(value)
         else:
             out[key] = value
         i += 1
     if problems:
         raise ConfigError(problems, source="command line")
     return out
-
-
-def _scalar_from_text(text: str) -> Any:
-    """A value inside a nested dict from the CLI: numbers, booleans, JSON/YAML lists and dicts."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-# ---------------------------------------------------------------- coercion
-
-
-def _type_name(tp: Any) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _resolve_hint(f: dataclasses.Field, owner: type) -> Any:
-    hints = typing.get_type_hints(owner)
-    return hints.get(f.name, Any)
-
-
-_HINTS: dict[str, Any] = {}
-
-
-def _hint(name: str) -> Any:
-    if name not in _HINTS:
-        section, f = FIELDS[name]
-        _HINTS[name] = _resolve_hint(f, SECTIONS[section])
-    return _HINTS[name]
-
-
-def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
-    """Convert `value` to `tp`, raising ValueError with a human reason."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        if (
-            from_cli
-            and isinstance(value, str)
-            and value.lower() in ("none", "null")
-            and type(None) in options
-        ):
-            return None
-        errors = []
-        # Try the most specific types first so "3" becomes 3, not "3".
-        order = sorted((o for o in options if o is not type(None)), key=lambda o: o is str)
-        for option in order:
-            try:
-                return _coerce(value, option, from_cli)
-            except (ValueError, TypeError) as e:
-                errors.append(str(e))
-        raise ValueError(" or ".join(dict.fromkeys(errors)))
-    if tp is Any:
-        return _scalar_from_text(value) if from_cli and isinstance(value, str) else value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value).value if not isinstance(value, tp) else value.value
-        except ValueError:
-            raise ValueError(f"expected one of {[m.value for m in tp]}, got {value!r}") from None
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # also fixes YAML 1.1 reading `1e-4` as a string
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ValueError(f"expected a string, got {value!r}")
-    if origin is list or tp is list:
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            parsed = _scalar_from_text(value) if from_cli else value
-            value = parsed if isinstance(parsed, list) else [value]
-        if not isinstance(value, list):
-            value = [value]
-        return [_coerce(v, item_tp, from_cli) for v in value]
-    if origin is dict or tp is dict:
-        if isinstance(value, str) and from_cli:
-            value = _scalar_from_text(value)
-        if isinstance(value, dict):
-            return value
-        raise ValueError(f"expected a mapping such as {{min_lr_rate: 0.1}}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------- building
@@ -313,7 +193,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
             continue
         section, f = FIELDS[key]
         try:
-            per_section[section][key] = _coerce(value, _hint(key), from_cli=key in cli_values)
+            hint = field_type(SECTIONS[section], key)
+            per_section[section][key] = coerce_value(value, hint, from_cli=key in cli_values)
         except ValueError as e:
             problems.append(f"{key}: {e}")
             continue

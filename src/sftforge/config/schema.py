@@ -78,6 +78,26 @@ class DataArguments:
             "or 'default' (ChatML, used when the tokenizer has none)."
         ),
     )
+    train_on: str = field(
+        default="all_assistant",
+        metadata=_help(
+            "Which tokens are trained: all_assistant (every assistant turn incl. its end-of-turn token), "
+            "last_assistant (only the final assistant turn), all (inputs too).",
+            choices=("all_assistant", "last_assistant", "all"),
+        ),
+    )
+    train_on_reasoning: bool = field(
+        default=True,
+        metadata=_help("Train the <think> reasoning block of assistant turns (false: it is context only)."),
+    )
+    truncation: str = field(
+        default="turns",
+        metadata=_help(
+            "Examples longer than max_length: turns (drop the earliest user/assistant rounds, keep system and "
+            "tools), right (cut the end), drop (skip the example), error (stop).",
+            choices=("turns", "right", "drop", "error"),
+        ),
+    )
     on_bad_rows: str = field(
         default="error",
         metadata=_help(

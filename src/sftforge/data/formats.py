@@ -8,10 +8,16 @@ and strict mode can point at the exact place to fix.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sftforge.data.conversation import Conversation, Message
+from sftforge.data.tools import (
+    FUNCTION_CALL_ROLE,
+    calls_from_value,
+    normalize_tool_call,
+    normalize_tools,
+    turn_tool_calls,
+)
 from sftforge.data.validate import turn_label, validate_messages
 from sftforge.errors import RowError
 
@@ -31,8 +37,6 @@ ROLE_ALIASES = {
     "observation": "tool",
     "ipython": "tool",
 }
-# ShareGPT's assistant turn whose value is the JSON of the call(s): it has no text of its own.
-FUNCTION_CALL_ROLE = "function_call"
 _TEXT_KEYS = ("text", "value")
 _REASONING_KEYS = ("text", "value", "reasoning", "thinking")
 
@@ -103,7 +107,7 @@ def _parse_turn(turn: Any, i: int) -> Message:
             "unknown_role", f"turn {i} has no role; give each turn a `role` (or ShareGPT `from`) key"
         )
     if raw_role.strip().lower() == FUNCTION_CALL_ROLE:
-        msg = Message("assistant", "", tool_calls=_calls_from_value(content, i))
+        msg = Message("assistant", "", tool_calls=calls_from_value(content, i))
     else:
         role = ROLE_ALIASES.get(raw_role.strip().lower())
         if role is None:
@@ -111,7 +115,7 @@ def _parse_turn(turn: Any, i: int) -> Message:
             raise RowError("unknown_role", f"turn {i} has role {raw_role!r}; expected one of: {expected}")
         text, reasoning, calls = _parse_content(content, turn_label(i, role))
         msg = Message(role, text, reasoning=_turn_reasoning(turn, reasoning, i, role))
-        calls += _turn_tool_calls(turn, turn_label(i, role))
+        calls += turn_tool_calls(turn, turn_label(i, role))
         msg.tool_calls = calls or None
         if role == "tool" and isinstance(turn.get("name"), str):
             msg.name = turn["name"]
@@ -183,107 +187,6 @@ def _turn_reasoning(turn: dict[str, Any], from_parts: str | None, i: int, role: 
             raise RowError("bad_content_type", f"{turn_label(i, role)} has a non-text `{key}` field")
         return value
     return from_parts
-
-
-def _turn_tool_calls(turn: dict[str, Any], label: str) -> list[dict[str, Any]]:
-    calls = turn.get("tool_calls")
-    if calls is None and isinstance(turn.get("function_call"), dict):  # legacy OpenAI single call
-        calls = [turn["function_call"]]
-    if calls is None:
-        return []
-    if not isinstance(calls, list):
-        raise RowError(
-            "bad_tool_call", f"{label} has `tool_calls` of type {type(calls).__name__}; expected a list"
-        )
-    return [normalize_tool_call(call, f"{label} tool call {k}") for k, call in enumerate(calls)]
-
-
-def _calls_from_value(value: Any, i: int) -> list[dict[str, Any]]:
-    """A ShareGPT function_call value: the JSON of one call `{"name", "arguments"}` or of a list of calls."""
-    label = f"turn {i} ({FUNCTION_CALL_ROLE})"
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise RowError(
-                "bad_tool_call",
-                f"{label}: the value is not valid JSON ({e.msg} at column {e.colno}); "
-                'expected {"name": ..., "arguments": {...}}',
-            ) from e
-    calls = value if isinstance(value, list) else [value]
-    if not calls:
-        raise RowError("bad_tool_call", f"{label}: the value is an empty list of calls")
-    return [normalize_tool_call(call, label) for call in calls]
-
-
-def normalize_tool_call(call: Any, where: str) -> dict[str, Any]:
-    """Return `{"type": "function", "function": {"name", "arguments"}}`, arguments parsed to a dict if JSON.
-
-    Templates render arguments with `| tojson`; a JSON string left as a string would be quoted twice.
-    """
-    if isinstance(call, str):
-        try:
-            call = json.loads(call)
-        except json.JSONDecodeError as e:
-            raise RowError("bad_tool_call", f"{where}: the tool call is not valid JSON ({e.msg})") from e
-    if not isinstance(call, dict):
-        raise RowError(
-            "bad_tool_call", f"{where}: a tool call must be an object, got a {type(call).__name__}"
-        )
-    fn = call["function"] if isinstance(call.get("function"), dict) else call
-    name = fn.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise RowError("bad_tool_call", f"{where}: the tool call has no `name`")
-    args = fn.get("arguments", fn.get("parameters"))
-    if args is None:
-        args = {}
-    elif isinstance(args, str):
-        try:
-            parsed = json.loads(args)
-        except json.JSONDecodeError:
-            parsed = None
-        args = parsed if isinstance(parsed, dict) else args
-    elif not isinstance(args, dict):
-        raise RowError(
-            "bad_tool_call", f"{where}: `arguments` of {name!r} must be an object or a JSON string"
-        )
-    out: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
-    if isinstance(call.get("id"), str):  # some templates (Mistral) render the call id
-        out["id"] = call["id"]
-    return out
-
-
-def normalize_tools(value: Any) -> list[dict[str, Any]] | None:
-    """Row-level tool schemas (a list, or a JSON string of one as in glaive) → OpenAI `{"type": "function"}` list."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if not value.strip():
-            return None
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise RowError(
-                "bad_tools",
-                f"`tools` is not valid JSON ({e.msg} at column {e.colno}); expected a JSON list of function schemas",
-            ) from e
-    if isinstance(value, dict):
-        value = [value]
-    if not isinstance(value, list):
-        raise RowError(
-            "bad_tools", f"`tools` is a {type(value).__name__}; expected a list of function schemas"
-        )
-    tools = []
-    for j, tool in enumerate(value):
-        fn = (
-            tool.get("function")
-            if isinstance(tool, dict) and isinstance(tool.get("function"), dict)
-            else tool
-        )
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise RowError("bad_tools", f"`tools` item {j} is not a function schema with a `name`")
-        tools.append({"type": "function", "function": fn})
-    return tools or None
 
 
 def _train_flag(turn: dict[str, Any], label: str) -> bool | None:

@@ -16,9 +16,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sftforge.config.schema import DataArguments
+from sftforge.data.conversation import Conversation
 from sftforge.data.formats import to_conversation
-from sftforge.data.masking import Tokenized, tokenize_conversation
+from sftforge.data.masking import MaskOptions, Tokenized, encode_conversation
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_data_files
+from sftforge.data.templates import TemplateInfo
+from sftforge.data.truncation import fit_to_length
 from sftforge.errors import DataError, RowError
 
 
@@ -28,6 +31,7 @@ class DataStats:
     kept: int = 0
     formats: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)  # reason → count
+    methods: Counter = field(default_factory=Counter)  # how spans were found → count
     truncated: int = 0
     tokens: int = 0
     trained_tokens: int = 0
@@ -55,7 +59,10 @@ class PreparedData:
     eval_stats: DataStats | None
 
 
-DROPPED_NOT_BAD = frozenset({"no_trainable_tokens_after_truncation"})
+# Length problems are not data mistakes: such examples are dropped and counted in every on_bad_rows mode...
+DROPPED_NOT_BAD = frozenset({"no_trainable_tokens_after_truncation", "exceeds_max_length"})
+# ...except with `truncation: error`, which stops the run whatever on_bad_rows says.
+ALWAYS_FATAL = frozenset({"too_long"})
 
 
 @dataclass(frozen=True)
@@ -63,25 +70,31 @@ class TokenizeSpec:
     """Everything a worker process needs to turn one row into an example (picklable)."""
 
     tokenizer: Any
-    template: str
-    end_markers: tuple[str, ...]
+    template: TemplateInfo
     max_length: int
+    options: MaskOptions = MaskOptions()
+    truncation: str = "turns"
+
+    @classmethod
+    def build(cls, tokenizer: Any, template: str, max_length: int, **kwargs: Any) -> TokenizeSpec:
+        return cls(tokenizer, TemplateInfo.probe(tokenizer, template), max_length, **kwargs)
 
 
 def process_row(spec: TokenizeSpec, source_row: SourceRow) -> tuple[str, str, Any]:
-    """One row → ("ok", format, (Example, truncated)) or ("bad", reason, message). Pure; runs in workers."""
+    """One row → ("ok", format, (Example, Tokenized)) or ("bad" | "drop" | "fatal", reason, message). Pure."""
     try:
         if source_row.error is not None:
             raise source_row.error
         conv = to_conversation(source_row.row, source=source_row.source)
-        tok: Tokenized = tokenize_conversation(
-            conv, spec.tokenizer, spec.template, spec.end_markers, spec.max_length
-        )
+
+        def encode(c: Conversation) -> Tokenized:
+            return encode_conversation(c, spec.tokenizer, spec.template, spec.options)
+
+        tok = fit_to_length(conv, encode, spec.max_length, spec.truncation)
     except RowError as e:
-        # Truncation that leaves nothing to train is not a data mistake: drop and count it in every mode.
-        status = "drop" if e.reason in DROPPED_NOT_BAD else "bad"
+        status = "drop" if e.reason in DROPPED_NOT_BAD else "fatal" if e.reason in ALWAYS_FATAL else "bad"
         return status, e.reason, f"{source_row.source}: {e.detail}"
-    return "ok", conv.format, (Example(tok.input_ids, tok.labels, source_row.source), tok.truncated)
+    return "ok", conv.format, (Example(tok.input_ids, tok.labels, source_row.source), tok)
 
 
 def _rows_from_files(spec: Sequence[str]) -> Iterator[SourceRow]:
@@ -113,6 +126,8 @@ def build_examples(
             if status == "drop":
                 stats.dropped[what] += 1
                 continue
+            if status == "fatal":
+                raise DataError(f"{payload} [{what}]")
             if status == "bad":
                 if on_bad_rows == "error":
                     raise DataError(
@@ -121,11 +136,12 @@ def build_examples(
                     )
                 stats.dropped[what] += 1
                 continue
-            example, truncated = payload
+            example, tok = payload
             examples.append(example)
             stats.kept += 1
             stats.formats[what] += 1
-            stats.truncated += int(truncated)
+            stats.methods[tok.method] += 1
+            stats.truncated += int(tok.truncated)
             stats.tokens += len(example.input_ids)
             stats.trained_tokens += sum(label != -100 for label in example.labels)
     finally:
@@ -172,3 +188,18 @@ def split_holdout(examples: list[Example], ratio: float, seed: int) -> tuple[lis
         return examples, []
     held = set(order[:n_eval])
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def tokenize_conversation(
+    conv: Conversation,
+    tokenizer: Any,
+    template: str | TemplateInfo,
+    max_length: int = 1 << 30,
+    options: MaskOptions = MaskOptions(),
+    truncation: str = "turns",
+) -> Tokenized:
+    """One conversation → input_ids + labels, as training sees it (convenience for notebooks and tests)."""
+    info = template if isinstance(template, TemplateInfo) else TemplateInfo.probe(tokenizer, template)
+    return fit_to_length(
+        conv, lambda c: encode_conversation(c, tokenizer, info, options), max_length, truncation
+    )

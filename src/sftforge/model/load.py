@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftforge.config.schema import DataArguments, ModelArguments
-from sftforge.data.masking import end_of_turn_markers
-from sftforge.data.templates import resolve_chat_template
+from sftforge.data.templates import TemplateInfo, resolve_chat_template
 from sftforge.errors import ConfigError
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -16,10 +15,15 @@ _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 @dataclass
 class TokenizerBundle:
     tokenizer: Any
-    template: str
+    template: TemplateInfo
     template_source: str
-    end_of_turn: list[str]  # e.g. ["<|im_end|>"]
     notes: list[str]
+
+    @property
+    def end_of_turn(self) -> list[str]:  # e.g. ["<|im_end|>"]; the eos token when the template emits none
+        if self.template.end_of_turn:
+            return list(self.template.end_of_turn)
+        return [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
 
     @property
     def end_of_turn_ids(self) -> list[int]:
@@ -46,16 +50,24 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
     )
     notes = [f"chat template: {source}"]
     try:
-        eot = end_of_turn_markers(tokenizer, template)
+        info = TemplateInfo.probe(tokenizer, template)
     except Exception as e:  # a template that cannot render even a plain user/assistant exchange
         raise ConfigError(
             f"chat_template ({source}) fails on a simple user/assistant conversation: {e}. "
             "Check that it fits this tokenizer (bos_token, eos_token), or pass another with chat_template.",
             source="chat_template",
         ) from None
-    notes.append(f"end-of-turn: {', '.join(eot) if eot else 'none emitted by the template'} (always trained)")
+    eot = list(info.end_of_turn)
+    if eot:
+        notes.append(f"end-of-turn: {', '.join(eot)} (always trained)")
+    else:
+        notes.append(
+            f"end-of-turn: the template emits none; {tokenizer.eos_token} is appended to each trained turn"
+        )
+    if info.has_generation_markers:
+        notes.append("assistant spans: the template's {% generation %} markers (checked like any other)")
     notes += _ensure_pad_token(tokenizer, eot)
-    return TokenizerBundle(tokenizer, template, source, eot, notes)
+    return TokenizerBundle(tokenizer, info, source, notes)
 
 
 def _ensure_pad_token(tokenizer: Any, end_of_turn: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 """Tiny models and tokenizers built locally (no network), for tests, the offline demo and benchmarks."""
 
+from sftforge.testing.corpus import default_corpus
 from sftforge.testing.tiny import (
     ARCHITECTURES,
     EOS_TOKEN,
@@ -8,7 +9,6 @@ from sftforge.testing.tiny import (
     SPECIAL_TOKENS,
     TinyDims,
     build_tiny_model,
-    default_corpus,
     train_bpe_tokenizer,
 )
 

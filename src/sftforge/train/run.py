@@ -10,12 +10,13 @@ from typing import Any
 
 from sftforge.config import SFTConfig, dump_config
 from sftforge.data.collate import PaddingCollator
+from sftforge.data.masking import MaskOptions
 from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import save_model_folder
-from sftforge.model.load import load_model, load_tokenizer
+from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.train.summary import print_final_summary, print_startup_summary
 from sftforge.train.trainer import SFTTrainer
 
@@ -44,6 +45,11 @@ def check_output_dir(cfg: SFTConfig) -> Path:
     return out
 
 
+def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
+    options = MaskOptions(train_on=cfg.data.train_on, train_on_reasoning=cfg.data.train_on_reasoning)
+    return TokenizeSpec(bundle.tokenizer, bundle.template, cfg.data.max_length, options, cfg.data.truncation)
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -52,7 +58,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
     bundle = load_tokenizer(cfg.model, cfg.data)
-    spec = TokenizeSpec(bundle.tokenizer, bundle.template, tuple(bundle.end_of_turn), cfg.data.max_length)
+    spec = tokenize_spec(cfg, bundle)
     data: PreparedData = prepare_data(cfg.data, spec, cfg.training.seed)
 
     args = cfg.training

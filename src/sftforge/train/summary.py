@@ -32,8 +32,13 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
         f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
         + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
         f" dropped      {dropped}",
+        " masks        spans found by "
+        + ", ".join(f"{k} {v}" for k, v in stats.methods.most_common())
+        + f"; policy {cfg.data.train_on}, reasoning {'trained' if cfg.data.train_on_reasoning else 'not trained'}"
+        + "; every example verified",
         f" tokens       {stats.tokens} total, {stats.trained_tokens} trained "
-        f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length}",
+        f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length} "
+        f"(truncation: {cfg.data.truncation})",
         f" split        {len(data.train)} train / {len(data.eval)} eval examples",
         f" batch        {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
         f"accumulation = {effective} effective; {total_steps} optimizer steps",
@@ -49,7 +54,7 @@ def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
 
     lines = [
         "─" * 72,
-        f" done in {get('wall_time_s')} s — train loss {get('train_loss_first')} → {get('train_loss_last')}"
+        f" done in {metrics.get('wall_time_s', 0):.1f} s — train loss {get('train_loss_first')} → {get('train_loss_last')}"
         + (
             f"; eval loss {get('eval_loss')}, perplexity {get('eval_perplexity')}"
             if "eval_loss" in metrics
