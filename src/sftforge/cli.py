@@ -11,6 +11,7 @@ from sftforge.errors import SftforgeError
 
 COMMANDS = {
     "train": "fine-tune a model from a YAML recipe (+ --key value overrides)",
+    "inspect": "show exactly which tokens a recipe trains, and the dataset statistics",
     "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
     "chat": "chat with a model folder in the terminal",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
@@ -40,6 +41,12 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _inspect(argv: list[str]) -> int:
+    from sftforge import inspect_data
+
+    return inspect_data.run(argv)
+
+
 def _init_model(argv: list[str]) -> int:
     from sftforge.testing import init_model_cmd
 
@@ -64,7 +71,7 @@ def _demo(argv: list[str]) -> int:
     return demo.run(parser.parse_args(argv))
 
 
-HANDLERS = {"train": _train, "init-model": _init_model, "chat": _chat, "demo": _demo}
+HANDLERS = {"train": _train, "inspect": _inspect, "init-model": _init_model, "chat": _chat, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,7 @@ class TokenizeSpec:
     tokenizer: Any
     template: TemplateInfo
     max_length: int
-    options: MaskOptions = MaskOptions()
+    options: MaskOptions = MaskOptions()  # noqa: RUF009 — frozen, so one shared default is safe
     truncation: str = "turns"
 
     @classmethod
@@ -195,11 +195,12 @@ def tokenize_conversation(
     tokenizer: Any,
     template: str | TemplateInfo,
     max_length: int = 1 << 30,
-    options: MaskOptions = MaskOptions(),
+    options: MaskOptions | None = None,
     truncation: str = "turns",
 ) -> Tokenized:
     """One conversation → input_ids + labels, as training sees it (convenience for notebooks and tests)."""
     info = template if isinstance(template, TemplateInfo) else TemplateInfo.probe(tokenizer, template)
+    opts = options or MaskOptions()
     return fit_to_length(
-        conv, lambda c: encode_conversation(c, tokenizer, info, options), max_length, truncation
+        conv, lambda c: encode_conversation(c, tokenizer, info, opts), max_length, truncation
     )

@@ -77,7 +77,8 @@ def generate_reply(
     return "".join(pieces)
 
 
-def run(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     tokenizer, model = load_for_chat(args.model, args.trust_remote_code)
     base = [{"role": "system", "content": args.system}] if args.system else []
     history = list(base)

@@ -54,27 +54,34 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedData]:
+    """Tokenizer + the examples exactly as the trainer will see them (`sftforge inspect` shows the same)."""
+    bundle = load_tokenizer(cfg.model, cfg.data)
+    return bundle, prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
+
+
+def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
+    return SFTTrainer(
+        model=model,
+        args=cfg.training,
+        train_dataset=[e.as_features() for e in data.train],
+        eval_dataset=[e.as_features() for e in data.eval] or None,
+        data_collator=PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None),
+        processing_class=bundle.tokenizer,
+    )
+
+
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
-    bundle = load_tokenizer(cfg.model, cfg.data)
-    spec = tokenize_spec(cfg, bundle)
-    data: PreparedData = prepare_data(cfg.data, spec, cfg.training.seed)
-
+    bundle, data = prepare_tokenized_data(cfg)
     args = cfg.training
     model = load_model(cfg.model, bool(args.activation_checkpointing))
     if _is_main_process():
         dump_config(cfg, out / "sftforge_config.yaml")
         print_startup_summary(cfg, bundle, data, model)
 
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=[e.as_features() for e in data.train],
-        eval_dataset=[e.as_features() for e in data.eval] or None,
-        data_collator=PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None),
-        processing_class=bundle.tokenizer,
-    )
+    trainer = build_trainer(cfg, bundle, data, model)
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)

@@ -17,18 +17,11 @@ def _steps(num_examples: int, args: Any) -> tuple[int, int]:
     return per_step, math.ceil(batches / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
 
 
-def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
+def data_summary_lines(cfg: Any, data: Any) -> list[str]:
+    """The data part of the start-up summary; `sftforge inspect` prints the same lines."""
     stats = data.train_stats
-    args = cfg.training
-    effective, total_steps = _steps(len(data.train), args)
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
-    lines = [
-        "─" * 72,
-        f" sftforge train → {args.output_dir}",
-        f" model        {cfg.model.model_name_or_path}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
-        *[f" decision     {note}" for note in cfg.notes + bundle.notes],
+    return [
         f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
         + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
         f" dropped      {dropped}",
@@ -40,6 +33,20 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
         f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length} "
         f"(truncation: {cfg.data.truncation})",
         f" split        {len(data.train)} train / {len(data.eval)} eval examples",
+    ]
+
+
+def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
+    args = cfg.training
+    effective, total_steps = _steps(len(data.train), args)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines = [
+        "─" * 72,
+        f" sftforge train → {args.output_dir}",
+        f" model        {cfg.model.model_name_or_path}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
+        *[f" decision     {note}" for note in cfg.notes + bundle.notes],
+        *data_summary_lines(cfg, data),
         f" batch        {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
         f"accumulation = {effective} effective; {total_steps} optimizer steps",
         "─" * 72,

@@ -1,0 +1,62 @@
+"""`sftforge inspect RECIPE.yaml [--num_examples N] [--json] [--key value ...]`: see exactly what will be trained.
+
+Runs the same data path as `sftforge train` (no model is loaded): rendered examples with trained tokens
+highlighted, and the dataset statistics. `--json` prints one `{"input_ids": [...], "labels": [...]}` per training
+example, in order — what the trainer consumes — so anyone can audit the masks with their own tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from sftforge.config import load_config
+from sftforge.data.preview import highlight
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="sftforge inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "recipe", nargs="?", help="the YAML recipe (optional: keys can all come as overrides)"
+    )
+    parser.add_argument(
+        "--num_examples", type=int, default=None, help="examples to show (default 3; all with --json)"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per training example on stdout")
+    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    args, overrides = parser.parse_known_args(argv)
+    if args.recipe and args.recipe.startswith("--"):  # `inspect --model_name_or_path …` with no recipe
+        overrides.insert(0, args.recipe)
+        args.recipe = None
+    return args, overrides
+
+
+def run(argv: list[str], stdout: TextIO | None = None) -> int:
+    from sftforge.train.run import prepare_tokenized_data
+    from sftforge.train.summary import data_summary_lines
+
+    stdout = stdout or sys.stdout  # looked up per call so redirections (and pytest's capture) apply
+    args, overrides = parse_args(argv)
+    cfg = load_config(args.recipe, overrides)
+    bundle, data = prepare_tokenized_data(cfg)
+    examples = data.train if args.num_examples is None else data.train[: args.num_examples]
+    if args.json:
+        for example in examples:
+            stdout.write(json.dumps(example.as_features()) + "\n")
+        return 0
+    colour = args.color == "always" or (args.color == "auto" and stdout.isatty())
+    tokenizer = bundle.tokenizer
+    shown = examples if args.num_examples is not None else data.train[:3]
+    for k, example in enumerate(shown):
+        trained = sum(label != -100 for label in example.labels)
+        stdout.write(
+            f"── example {k} · {example.source} · {len(example.input_ids)} tokens, {trained} trained "
+            f"({100 * trained / max(1, len(example.input_ids)):.0f}%) " + "─" * 8 + "\n"
+        )
+        stdout.write(highlight(tokenizer, example.input_ids, example.labels, colour) + "\n\n")
+    legend = "bold green" if colour else "[[double brackets]]"
+    stdout.write(f"Trained tokens are shown in {legend}; everything else is context only.\n")
+    stdout.write("\n".join(["─" * 72, *data_summary_lines(cfg, data), "─" * 72]) + "\n")
+    return 0

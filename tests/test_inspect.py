@@ -1,0 +1,86 @@
+"""`sftforge inspect`: highlighted examples, stats, and --json that equals what the trainer consumes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftforge import inspect_data
+from sftforge.cli import main
+from sftforge.config import load_config
+from sftforge.data.collate import PaddingCollator
+
+ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": f"Question {i}?"},
+            {"role": "assistant", "content": f"Answer {i}."},
+        ]
+    }
+    for i in range(10)
+] + [{"instruction": "Say hi", "input": "", "output": "hi"}]
+
+
+@pytest.fixture
+def recipe(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"model_name_or_path: {tiny_model_dir}\ntrain_data_path: {data}\nmax_length: 64\n"
+        f"output_dir: {tmp_path / 'out'}\nper_device_train_batch_size: 4\n"
+    )
+    return path
+
+
+def test_brackets_when_not_a_tty_and_stats(recipe: Path) -> None:
+    out = io.StringIO()
+    assert inspect_data.run([str(recipe), "--num_examples", "2"], stdout=out) == 0
+    text = out.getvalue()
+    assert "[[Answer 0.<|im_end|>]]" in text and "[[Answer 1.<|im_end|>]]" in text
+    assert "Question 0?" in text and "[[Question" not in text
+    assert "11 rows read, 11 kept; formats: messages 10, alpaca 1" in text
+    assert "spans found by prefix 11" in text
+    assert "\x1b[" not in text
+
+
+def test_colour_on_a_terminal(recipe: Path) -> None:
+    out = io.StringIO()
+    inspect_data.run([str(recipe), "--num_examples", "1", "--color", "always"], stdout=out)
+    assert "\x1b[1;32mAnswer 0.<|im_end|>\x1b[0m" in out.getvalue()
+
+
+def test_overrides_apply(recipe: Path) -> None:
+    out = io.StringIO()
+    inspect_data.run([str(recipe), "--num_examples", "1", "--train_on", "all"], stdout=out)
+    assert out.getvalue().startswith("── example 0") and "[[<|im_start|>user\nQuestion 0?" in out.getvalue()
+
+
+def test_json_is_exactly_what_the_trainer_consumes(recipe: Path, capsys) -> None:
+    from sftforge.model.load import load_model
+    from sftforge.train.run import build_trainer, prepare_tokenized_data
+
+    assert main(["inspect", str(recipe), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == len(ROWS) and set(rows[0]) == {"input_ids", "labels"}
+
+    # Build the real trainer from the same recipe, iterating in order, and compare batch for batch.
+    cfg = load_config(recipe, ["--train_sampling_strategy", "sequential"])
+    bundle, data = prepare_tokenized_data(cfg)
+    trainer = build_trainer(cfg, bundle, data, load_model(cfg.model, False))
+    collate = PaddingCollator(bundle.tokenizer.pad_token_id)
+    batches = list(trainer.get_train_dataloader())
+    assert len(batches) == 3
+    for k, batch in enumerate(batches):
+        expected = collate(rows[4 * k : 4 * k + 4])
+        for key in ("input_ids", "labels", "attention_mask"):
+            assert torch.equal(batch[key], expected[key]), (k, key)
+
+
+def test_bad_recipe_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["inspect", "--model_name_or_path", "m", "--train_data_path", str(tmp_path / "x.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
