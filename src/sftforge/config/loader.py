@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import functools
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,6 +210,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     if problems:
         raise ConfigError(problems, source=str(recipe) if recipe else "command line")
 
+    _training_defaults()  # see its docstring
     model = ModelArguments(**per_section["model"])
     data = DataArguments(**per_section["data"])
     try:
@@ -240,6 +242,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@functools.cache
+def _training_defaults() -> dict[str, Any]:
+    """Default training values, computed once. Building a TrainingArguments resets accelerate's global state, so
+    this must not happen while a Trainer exists: load_config warms the cache before any Trainer is made."""
+    defaults = SFTTrainingArguments()
+    return {
+        f.name: _plain(getattr(defaults, f.name)) for f in dataclasses.fields(SFTTrainingArguments) if f.init
+    }
+
+
 def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
     """Sections with every model/data field, and the training fields that differ from the defaults."""
     out: dict[str, dict[str, Any]] = {
@@ -247,12 +259,12 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         "data": {f.name: _plain(getattr(cfg.data, f.name)) for f in dataclasses.fields(cfg.data)},
         "training": {},
     }
-    defaults = SFTTrainingArguments(output_dir=cfg.training.output_dir, use_cpu=cfg.training.use_cpu)
+    defaults = _training_defaults()
     for f in dataclasses.fields(SFTTrainingArguments):
         if not f.init or f.name in _NOT_DUMPED:
             continue
         value = _plain(getattr(cfg.training, f.name))
-        if f.name in cfg.explicit or value != _plain(getattr(defaults, f.name)) or f.name == "output_dir":
+        if f.name in cfg.explicit or value != defaults[f.name] or f.name == "output_dir":
             out["training"][f.name] = value
     # Device-dependent choices stay "auto" so the file re-resolves on the machine that reads it (CPU → GPU).
     for key, original in cfg.auto_resolved.items():

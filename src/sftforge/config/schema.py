@@ -98,6 +98,13 @@ class DataArguments:
             choices=("turns", "right", "drop", "error"),
         ),
     )
+    packing: bool = field(
+        default=False,
+        metadata=_help(
+            "Pack whole examples into rows of max_length (best-fit decreasing) and train padding-free; samples never "
+            "attend to each other (FlashAttention varlen on GPU, per-sample sdpa on CPU)."
+        ),
+    )
     on_bad_rows: str = field(
         default="error",
         metadata=_help(

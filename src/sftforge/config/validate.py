@@ -93,6 +93,9 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         )
     if has_eval and "eval_strategy" not in explicit:
         train["eval_strategy"] = "epoch"
+    if not data.get("packing") and "train_sampling_strategy" not in explicit:
+        # Unpacked batches of similar lengths waste little on padding (TRL pads random batches).
+        train["train_sampling_strategy"] = "group_by_length"
 
 
 def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: list[str]) -> list[str]:

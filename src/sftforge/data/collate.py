@@ -30,3 +30,41 @@ class PaddingCollator:
             labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
             attention_mask[row, :n] = 1
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class FlatteningCollator:
+    """Padding-free batches: every sample of the batch (packed rows carry `seq_lens`) goes into one row of shape
+    (1, total_tokens) with position ids restarting per sample and the boundaries as `cu_seq_lens_q/k`, which
+    FlashAttention-2's varlen kernel and `sftforge_varlen` use to keep samples apart.
+
+    The first label of every sample is ignored: in a flat row it would be "predicted" from the previous sample's
+    last token; unpacked, it is never predicted at all — so packed and unpacked losses are the same."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        lengths: list[int] = []
+        for f in features:
+            offset = 0
+            for n in f.get("seq_lens") or [len(f["input_ids"])]:
+                ids += f["input_ids"][offset : offset + n]
+                sample_labels = list(f["labels"][offset : offset + n])
+                sample_labels[0] = IGNORE_INDEX
+                labels += sample_labels
+                positions += range(n)
+                lengths.append(n)
+                offset += n
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), dim=0)
+        longest = max(lengths)
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": longest,
+            "max_length_k": longest,
+        }

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from sftforge.config import SFTConfig, dump_config
-from sftforge.data.collate import PaddingCollator
+from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
+from sftforge.data.packing import pack_examples
 from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
+from sftforge.model.varlen import packed_attention_backend
 from sftforge.train.summary import print_final_summary, print_startup_summary
 from sftforge.train.trainer import SFTTrainer
 
@@ -61,12 +63,20 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 
 
 def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
+    train = [e.as_features() for e in data.train]
+    evaluation = [e.as_features() for e in data.eval] or None
+    if cfg.data.packing:
+        train = pack_examples(train, cfg.data.max_length)
+        model.set_attn_implementation(packed_attention_backend(cfg.model.attn_implementation))
+        collator: Any = FlatteningCollator()
+    else:
+        collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
     return SFTTrainer(
         model=model,
         args=cfg.training,
-        train_dataset=[e.as_features() for e in data.train],
-        eval_dataset=[e.as_features() for e in data.eval] or None,
-        data_collator=PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=collator,
         processing_class=bundle.tokenizer,
     )
 
@@ -77,11 +87,10 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     bundle, data = prepare_tokenized_data(cfg)
     args = cfg.training
     model = load_model(cfg.model, bool(args.activation_checkpointing))
+    trainer = build_trainer(cfg, bundle, data, model)
     if _is_main_process():
         dump_config(cfg, out / "sftforge_config.yaml")
-        print_startup_summary(cfg, bundle, data, model)
-
-    trainer = build_trainer(cfg, bundle, data, model)
+        print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)
@@ -93,6 +102,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
     metrics["wall_time_s"] = round(time.time() - started, 2)
 
+    if cfg.data.packing:  # back to a backend any loader knows (the saved config never records it anyway)
+        model.set_attn_implementation(cfg.model.attn_implementation)
     save_model_folder(trainer, bundle.tokenizer, bundle.end_of_turn_ids, out)
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -36,9 +36,9 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
     ]
 
 
-def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
+def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any) -> None:
     args = cfg.training
-    effective, total_steps = _steps(len(data.train), args)
+    effective, total_steps = _steps(len(train_rows), args)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lines = [
@@ -47,11 +47,26 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any) -> None:
         f" model        {cfg.model.model_name_or_path}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
         *[f" decision     {note}" for note in cfg.notes + bundle.notes],
         *data_summary_lines(cfg, data),
+        *_packing_lines(cfg, data, train_rows, model),
         f" batch        {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
         f"accumulation = {effective} effective; {total_steps} optimizer steps",
         "─" * 72,
     ]
     print("\n".join(lines), flush=True)
+
+
+def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
+    if not cfg.data.packing:
+        return [
+            f" batching     padded to the longest in each batch; {cfg.training.train_sampling_strategy} sampling"
+        ]
+    from sftforge.data.packing import packing_efficiency
+
+    return [
+        f" packing      {len(rows)} rows of ≤{cfg.data.max_length} tokens from {len(data.train)} examples "
+        f"({100 * packing_efficiency(rows, cfg.data.max_length):.1f}% full); padding-free batches, samples "
+        f"isolated by {model.config._attn_implementation}"
+    ]
 
 
 def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
