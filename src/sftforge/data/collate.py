@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -11,7 +11,23 @@ from sftforge.data.masking import IGNORE_INDEX
 
 
 @dataclass
-class PaddingCollator:
+class TokenCounter:
+    """Real (non-pad) and total tokens handed to the model: the padding waste a benchmark reports."""
+
+    real_tokens: int = field(default=0, init=False)
+    total_tokens: int = field(default=0, init=False)
+
+    def count(self, real: int, total: int) -> None:
+        self.real_tokens += real
+        self.total_tokens += total
+
+    @property
+    def real_fraction(self) -> float:
+        return self.real_tokens / self.total_tokens if self.total_tokens else 0.0
+
+
+@dataclass
+class PaddingCollator(TokenCounter):
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
@@ -21,6 +37,7 @@ class PaddingCollator:
             m = self.pad_to_multiple_of
             longest = (longest + m - 1) // m * m
         batch = len(features)
+        self.count(sum(len(f["input_ids"]) for f in features), batch * longest)
         input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch, longest), dtype=torch.long)
@@ -33,7 +50,7 @@ class PaddingCollator:
 
 
 @dataclass
-class FlatteningCollator:
+class FlatteningCollator(TokenCounter):
     """Padding-free batches: every sample of the batch (packed rows carry `seq_lens`) goes into one row of shape
     (1, total_tokens) with position ids restarting per sample and the boundaries as `cu_seq_lens_q/k`, which
     FlashAttention-2's varlen kernel and `sftforge_varlen` use to keep samples apart.
@@ -56,6 +73,7 @@ class FlatteningCollator:
                 positions += range(n)
                 lengths.append(n)
                 offset += n
+        self.count(len(ids), len(ids))
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), dim=0)
         longest = max(lengths)

@@ -1,6 +1,7 @@
 """Tiny models and tokenizers built locally (no network), for tests, the offline demo and benchmarks."""
 
 from sftforge.testing.corpus import default_corpus
+from sftforge.testing.families import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, FamilySpec, family_tokenizer
 from sftforge.testing.tiny import (
     ARCHITECTURES,
     EOS_TOKEN,
@@ -14,12 +15,17 @@ from sftforge.testing.tiny import (
 
 __all__ = [
     "ARCHITECTURES",
+    "EDGE_CASES",
     "EOS_TOKEN",
     "EXTRA_TOKENS",
+    "FAMILIES",
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
+    "TEMPLATE_FAMILY",
+    "FamilySpec",
     "TinyDims",
     "build_tiny_model",
     "default_corpus",
+    "family_tokenizer",
     "train_bpe_tokenizer",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,22 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
     bundle, data = prepare_tokenized_data(cfg)
+    prep_s = time.time() - started
     args = cfg.training
     model = load_model(cfg.model, bool(args.activation_checkpointing))
     trainer = build_trainer(cfg, bundle, data, model)
     if _is_main_process():
         dump_config(cfg, out / "sftforge_config.yaml")
         print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
+    collator = trainer.data_collator
+    train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
+    metrics["prep_s"] = round(prep_s, 3)
+    metrics["train_s"] = round(time.time() - train_started, 3)
+    metrics["seen_tokens"] = collator.real_tokens  # real tokens fed (training batches only, pads excluded)
+    metrics["real_token_fraction"] = round(collator.real_fraction, 4)
+    metrics["tokens_per_s"] = round(collator.real_tokens / max(metrics["train_s"], 1e-9), 1)
     metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)
     metrics["train_loss_last"] = next(
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
@@ -101,6 +110,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
     metrics["wall_time_s"] = round(time.time() - started, 2)
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
     if cfg.data.packing:  # back to a backend any loader knows (the saved config never records it anyway)
         model.set_attn_implementation(cfg.model.attn_implementation)
