@@ -273,3 +273,13 @@ def test_old_and_new_checkpointing_names_conflict(data_file):
                 "false",
             ],
         )
+
+
+def test_report_to_none_from_cli_stays_the_string_none(data_file):
+    cfg = load_config(
+        None, ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--report_to", "none"]
+    )
+    assert cfg.training.report_to in ("none", ["none"], [])
+    cleared = load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file),
+                                 "--max_samples", "none"])  # fmt: skip
+    assert cleared.data.max_samples is None

@@ -46,12 +46,9 @@ def coerce_value(value: Any, tp: Any, from_cli: bool) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        if (
-            from_cli
-            and isinstance(value, str)
-            and value.lower() in ("none", "null")
-            and type(None) in options
-        ):
+        # `null` clears an optional key; `none` too, unless the key takes strings (report_to: none is a value).
+        words = ("null",) if str in options else ("none", "null")
+        if from_cli and isinstance(value, str) and value.lower() in words and type(None) in options:
             return None
         errors = []
         # Try the most specific types first so "3" becomes 3, not "3".
