@@ -43,6 +43,9 @@ def check_and_resolve(
     on_gpu = cuda_available()
     notes += _resolve_precision(train, explicit, on_gpu, problems)
     notes += _resolve_attention(model, on_gpu, problems)
+    if train.get("use_liger_kernel") and not (on_gpu and importlib.util.find_spec("liger_kernel")):
+        why = "no CUDA GPU" if not on_gpu else "liger-kernel is not installed (pip install -e '.[liger]')"
+        problems.append(f"use_liger_kernel: Liger's Triton kernels need a CUDA GPU and liger-kernel ({why}).")
     if model.get("torch_dtype", "auto") == "auto" and not on_gpu:
         model["torch_dtype"] = "float32"
         notes.append("weights: float32 (CPU; the checkpoint's dtype is used on GPU)")

@@ -16,10 +16,12 @@ class TokenCounter:
 
     real_tokens: int = field(default=0, init=False)
     total_tokens: int = field(default=0, init=False)
+    sum_sq_lengths: int = field(default=0, init=False)  # Σ len² over samples: attention FLOPs for MFU
 
-    def count(self, real: int, total: int) -> None:
+    def count(self, real: int, total: int, sum_sq: int) -> None:
         self.real_tokens += real
         self.total_tokens += total
+        self.sum_sq_lengths += sum_sq
 
     @property
     def real_fraction(self) -> float:
@@ -37,7 +39,8 @@ class PaddingCollator(TokenCounter):
             m = self.pad_to_multiple_of
             longest = (longest + m - 1) // m * m
         batch = len(features)
-        self.count(sum(len(f["input_ids"]) for f in features), batch * longest)
+        lengths = [len(f["input_ids"]) for f in features]
+        self.count(sum(lengths), batch * longest, sum(n * n for n in lengths))
         input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch, longest), dtype=torch.long)
@@ -73,7 +76,7 @@ class FlatteningCollator(TokenCounter):
                 positions += range(n)
                 lengths.append(n)
                 offset += n
-        self.count(len(ids), len(ids))
+        self.count(len(ids), len(ids), sum(n * n for n in lengths))
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), dim=0)
         longest = max(lengths)

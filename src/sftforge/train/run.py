@@ -20,6 +20,7 @@ from sftforge.export.plot import plot_loss
 from sftforge.export.save import save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.model.varlen import packed_attention_backend
+from sftforge.train.callbacks import ThroughputCallback
 from sftforge.train.summary import print_final_summary, print_startup_summary
 from sftforge.train.trainer import SFTTrainer
 
@@ -90,6 +91,10 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     args = cfg.training
     model = load_model(cfg.model, bool(args.activation_checkpointing))
     trainer = build_trainer(cfg, bundle, data, model)
+    trainer.throughput = ThroughputCallback(
+        trainer.data_collator, model, int(os.environ.get("WORLD_SIZE", "1"))
+    )
+    trainer.add_callback(trainer.throughput)
     if _is_main_process():
         dump_config(cfg, out / "sftforge_config.yaml")
         print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
@@ -97,6 +102,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
+    metrics["global_step"] = trainer.state.global_step
     metrics["prep_s"] = round(prep_s, 3)
     metrics["train_s"] = round(time.time() - train_started, 3)
     metrics["seen_tokens"] = collator.real_tokens  # real tokens fed (training batches only, pads excluded)
