@@ -76,7 +76,12 @@ def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
 
     lines = [
         "─" * 72,
-        f" done in {metrics.get('wall_time_s', 0):.1f} s — train loss {get('train_loss_first')} → {get('train_loss_last')}"
+        f" done in {metrics.get('wall_time_s', 0):.1f} s — "
+        + (
+            f"train loss {get('train_loss_first')} → {get('train_loss_last')}"
+            if metrics.get("train_loss_last")
+            else f"mean train loss {get('train_loss')}"
+        )
         + (
             f"; eval loss {get('eval_loss')}, perplexity {get('eval_perplexity')}"
             if "eval_loss" in metrics
