@@ -1,0 +1,381 @@
+"""Conformance: every fixture chat template × every fixture dataset and edge case, through the real pipeline.
+
+Each example goes through `process_row` with the template used as is (HF renders it with trim_blocks and
+lstrip_blocks, so the chujiezheng templates keep their odd indentation) and a tokenizer that carries the template's
+family's real special tokens (`sftforge.testing.family_tokenizer`). Every example must end in exactly one of:
+
+(a) trained, and an independent check holds (it reads only the conversation, the template's own rendering and the
+    labels, never the spans sftforge computed): the input is the template's rendering; the trained tokens form one
+    run per trainable assistant turn; each run holds that turn's answer (and its reasoning and tool calls, where the
+    template renders them) and ends with the template's end-of-turn token; no system/user/tool content and no tool
+    description of the tools list is inside a run; BOS appears at most once (Llama 2 writes one per user turn)
+    and is never trained;
+(b) refused with a RowError whose reason the tables below expect for that (template, dataset or case), with the
+    exact count.
+
+A third outcome is listed explicitly: `BUG tool_calls_not_rendered`, rows sftforge trains although the template
+drops the turn's tool calls (see `test_turn_whose_tool_calls_the_template_drops_is_refused`).
+
+Runtime: every row of every dataset for every template (17 templates × 2,799 rows) takes about 75 s of CPU
+(75–100 s wall on 2 shared cores, measured), under the ~120 s budget, so nothing is sampled. That sweep is marked
+`slow`; the rest of the module (edge cases, probes, family tokenizers) takes about 6 s.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections import Counter
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sftforge.data.conversation import Conversation
+from sftforge.data.formats import to_conversation
+from sftforge.data.masking import IGNORE_INDEX, Tokenized
+from sftforge.data.pipeline import TokenizeSpec, process_row
+from sftforge.data.readers import SourceRow, iter_rows
+from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE
+from sftforge.testing import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, family_tokenizer
+
+SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+TEMPLATES_DIR = SHARED_FIXTURES / "chat_templates"
+DATA_DIR = SHARED_FIXTURES / "data"
+
+DEFAULT = "default"  # sftforge's own ChatML template, with the ChatML family tokenizer
+TEMPLATES = [DEFAULT, *sorted(n for n in TEMPLATE_FAMILY if not n.endswith("_training.jinja"))]
+DATASETS = {
+    "alpaca_en": "alpaca_en_demo.json",
+    "alpaca_zh": "alpaca_zh_demo.json",
+    "glaive": "glaive_toolcall_en_demo.json",
+    "v1_sft": "v1_sft_demo.jsonl",
+}
+ROWS = {"alpaca_en": 999, "alpaca_zh": 1000, "glaive": 300, "v1_sft": 500}
+BOS_PER_USER_TURN = {"llama-2-chat.jinja"}  # `bos_token + '[INST] '` opens every user turn
+TRAINED = "trained"
+# Trained although the template drops the turn's tool calls. Once sftforge refuses these rows (the xfail test
+# below flips), replace it with "bad: tool_calls_not_rendered" (or whatever reason the fix names).
+BUG_TOOL_CALLS = "BUG tool_calls_not_rendered"
+
+# The templates that end in `raise_exception` when roles do not alternate user/assistant (a tool turn breaks it).
+_ALTERNATING = [
+    "alpaca.jinja",
+    "chatml.jinja",
+    "gemma-it.jinja",
+    "llama-2-chat.jinja",
+    "llama-3-instruct.jinja",
+    "mistral-instruct.jinja",
+    "phi-3.jinja",
+    "vicuna.jinja",
+    "zephyr.jinja",
+    "trl/gemma3.jinja",
+]
+# glaive: 153 of its 300 rows hold a function_call + observation; the other 147 alternate user/assistant.
+GLAIVE_TOOL_ROWS = 153
+
+# (template, dataset) → {outcome: count} for every outcome but "trained" (trained = rows − the rest).
+EXPECTED_DATASETS: dict[tuple[str, str], dict[str, int]] = {
+    **{(name, "glaive"): {"bad: template_error": GLAIVE_TOOL_ROWS} for name in _ALTERNATING},
+    # The original DeepSeek-V3 template concatenates `tool['function']['arguments']` as a string; sftforge passes
+    # arguments as a dict (templates apply `| tojson`), so rendering raises TypeError → template_error.
+    ("trl/deepseekv3.jinja", "glaive"): {"bad: template_error": GLAIVE_TOOL_ROWS},
+    # Phi-3 renders no tool calls and no tool messages; a tool-call-only turn is then empty and cannot be placed
+    # (its generation prompt probes as "" because the template appends eos when there is none).
+    ("trl/phi3.jinja", "glaive"): {"bad: template_rewrites_earlier_turns": GLAIVE_TOOL_ROWS},
+    # Llama 3 (TRL copy) renders tool messages but drops `tool_calls`: the call turn is trained as a bare
+    # `<|eot_id|>`, teaching the model to answer with nothing. Should be refused (see the xfail test below).
+    ("trl/llama3.jinja", "glaive"): {BUG_TOOL_CALLS: GLAIVE_TOOL_ROWS},
+}
+
+# (template, edge case) → outcome, for every pair not trained.
+_TOOL_CASES = ("tool_calls", "tool_call_with_text")
+EXPECTED_CASES: dict[tuple[str, str], str] = {
+    **{(name, case): "bad: template_error" for name in _ALTERNATING for case in _TOOL_CASES},
+    **{("trl/deepseekv3.jinja", case): "bad: template_error" for case in _TOOL_CASES},
+    ("trl/phi3.jinja", "tool_calls"): "bad: template_rewrites_earlier_turns",
+    # DeepSeek-V3 keeps only what follows `</think>` of an assistant content (and reads no reasoning_content):
+    # the content is transformed, so no method places the turn.
+    ("trl/deepseekv3.jinja", "inline_think"): "bad: template_rewrites_earlier_turns",
+    ("trl/phi3.jinja", "tool_call_with_text"): BUG_TOOL_CALLS,  # "Let me look that up." trained, call dropped
+    ("trl/llama3.jinja", "tool_calls"): BUG_TOOL_CALLS,
+    ("trl/llama3.jinja", "tool_call_with_text"): BUG_TOOL_CALLS,
+}
+
+
+@pytest.fixture(scope="module")
+def templates_dir() -> Path:
+    if not TEMPLATES_DIR.is_dir():
+        pytest.skip(f"../shared is absent: real chat templates not found at {TEMPLATES_DIR}")
+    return TEMPLATES_DIR
+
+
+@cache
+def spec_for(name: str) -> TokenizeSpec:
+    family = "chatml" if name == DEFAULT else TEMPLATE_FAMILY[name]
+    text = DEFAULT_CHAT_TEMPLATE if name == DEFAULT else (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+    return TokenizeSpec.build(family_tokenizer(family), text, max_length=1 << 20)
+
+
+@cache
+def dataset_rows(dataset: str) -> tuple[SourceRow, ...]:
+    return tuple(iter_rows(DATA_DIR / DATASETS[dataset]))
+
+
+# ---------------------------------------------------------------- the independent check
+
+
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)  # the tokenizers normalize, so decoded text is NFC
+
+
+def runs(labels: list[int]) -> list[list[int]]:
+    """Positions of trained tokens, grouped into maximal consecutive runs."""
+    groups: list[list[int]] = []
+    for k, label in enumerate(labels):
+        if label == IGNORE_INDEX:
+            continue
+        if groups and groups[-1][-1] == k - 1:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
+def _answer(content: str, full: str) -> str:
+    """The answer as the template writes it: the (stripped) content, or what follows `</think>` for templates
+    that move or drop an inline reasoning block."""
+    whole = nfc(content.strip())
+    if whole in full or "</think>" not in content:
+        return whole
+    return nfc(content.split("</think>")[-1].strip())
+
+
+def _reasoning(message: Any) -> str:
+    if message.reasoning:
+        return nfc(message.reasoning.strip())
+    if "</think>" in message.content and "<think>" in message.content:
+        return nfc(message.content.split("</think>")[0].split("<think>")[-1].strip())
+    return ""
+
+
+def check_trained(
+    name: str, spec: TokenizeSpec, conv: Conversation, out: Tokenized
+) -> tuple[list[str], list[str]]:
+    """(problems, known-bug labels) of a trained example, from the conversation and the labels alone."""
+    tok, info = spec.tokenizer, spec.template
+    problems: list[str] = []
+    if len(out.labels) != len(out.input_ids) or any(
+        label not in (IGNORE_INDEX, i) for i, label in zip(out.input_ids, out.labels, strict=True)
+    ):
+        problems.append("labels are not a masked copy of input_ids")
+    full = tok.decode(out.input_ids, skip_special_tokens=False)
+    if info.end_of_turn:  # (without an end-of-turn token sftforge appends eos after each turn)
+        rendered = tok.apply_chat_template(
+            conv.template_messages(), tools=conv.tools, chat_template=info.text, tokenize=False
+        )
+        if full != nfc(rendered):
+            problems.append("the input ids are not the template's rendering")
+    marker = info.end_of_turn[0] if info.end_of_turn else tok.eos_token
+    assert not any(m.train is True for m in conv.messages if m.role != "assistant")  # none in these data
+    trainable = [i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.train is not False]
+    groups = runs(out.labels)
+    texts = [tok.decode([out.input_ids[k] for k in g], skip_special_tokens=False) for g in groups]
+    if len(groups) != len(trainable):
+        return [*problems, f"{len(groups)} trained runs for {len(trainable)} trainable turns: {texts}"], []
+    bugs: list[str] = []
+    for i, text in zip(trainable, texts, strict=True):
+        message = conv.messages[i]
+        if not text.endswith(marker):
+            problems.append(f"turn {i}: trained run does not end with {marker!r}: {text[-60:]!r}")
+        answer = _answer(message.content, full)
+        if answer not in text:
+            problems.append(f"turn {i}: trained run {text[:80]!r} lacks the answer {answer[:60]!r}")
+        thought = _reasoning(message)
+        if thought and thought in full and thought not in text:
+            problems.append(f"turn {i}: the reasoning is rendered but not trained")
+        names = [call["function"]["name"] for call in message.tool_calls or []]
+        if any(n not in text for n in names):
+            bugs.append(BUG_TOOL_CALLS)
+    # Atomic tokens are cut out of both sides, so "hi" is not found inside "<think>".
+    atomic = sorted(tok.get_added_vocab(), key=len, reverse=True)
+
+    def cut(text: str) -> str:
+        for piece in atomic:
+            text = text.replace(piece, "\0")
+        return text
+
+    answers = [cut(nfc(m.content)) for m in conv.messages if m.role == "assistant"]
+    cut_texts = [cut(text) for text in texts]
+    context = [
+        (f"turn {k} ({m.role})", m.content) for k, m in enumerate(conv.messages) if m.role != "assistant"
+    ]
+    context += [("the tools list", t["function"].get("description") or "") for t in conv.tools or []]
+    for where, raw in context:
+        content = cut(nfc(raw.strip()))
+        if not content.strip("\0") or any(content in a for a in answers):
+            continue
+        if any(content in text for text in cut_texts):
+            problems.append(f"{where}: its content is inside a trained run")
+    if tok.bos_token is not None:
+        bos = tok.bos_token_id
+        count = out.input_ids.count(bos)
+        users = sum(m.role == "user" for m in conv.messages)
+        if count != users if name in BOS_PER_USER_TURN else count > 1:
+            problems.append(f"BOS appears {count} times ({users} user turns)")
+        if any(out.input_ids[k] == bos for g in groups for k in g):
+            problems.append("BOS is trained")
+    return problems, sorted(set(bugs))
+
+
+def refusal_cause(name: str, reason: str) -> str:
+    """What the refusal message must say for the refusals the tables expect (the why, not just the code)."""
+    if reason == "template_error" and name == "trl/deepseekv3.jinja":
+        return 'can only concatenate str (not "dict") to str'  # `+ tool['function']['arguments']`
+    if reason == "template_error":
+        return "Conversation roles must alternate user/assistant"  # the template's raise_exception
+    if reason == "template_rewrites_earlier_turns":
+        return "its content could not be located"
+    return f"(no {reason} refusal is expected)"
+
+
+def outcome(name: str, row: SourceRow) -> tuple[str, list[str]]:
+    """("trained" | "bad: <reason>" | BUG_TOOL_CALLS | "FAILED", problems)."""
+    spec = spec_for(name)
+    status, what, payload = process_row(spec, row)
+    if status != "ok":
+        cause = refusal_cause(name, what)
+        return f"{status}: {what}", [] if cause in payload else [f"expected {cause!r} in: {payload}"]
+    problems, bugs = check_trained(name, spec, to_conversation(row.row, source=row.source), payload[1])
+    if problems:
+        return "FAILED", problems
+    return (bugs[0] if bugs else TRAINED), []
+
+
+# ---------------------------------------------------------------- the tests
+
+# What each template writes right after an assistant's content, as read off the template by hand.
+END_OF_TURN = {
+    DEFAULT: "<|im_end|>",
+    "alpaca.jinja": "</s>",
+    "chatml.jinja": "<|im_end|>",
+    "gemma-it.jinja": "<end_of_turn>",
+    "llama-2-chat.jinja": "</s>",
+    "llama-3-instruct.jinja": "<|eot_id|>",
+    "mistral-instruct.jinja": "</s>",
+    "phi-3.jinja": "<|end|>",
+    "qwen2.5-instruct.jinja": "<|im_end|>",
+    "vicuna.jinja": "</s>",
+    "zephyr.jinja": "</s>",
+    "trl/deepseekv3.jinja": "<｜end▁of▁sentence｜>",
+    "trl/gemma3.jinja": "<end_of_turn>",
+    "trl/llama3.jinja": "<|eot_id|>",
+    "trl/phi3.jinja": "<|end|>",
+    "trl/qwen2_5.jinja": "<|im_end|>",
+    "trl/qwen3.jinja": "<|im_end|>",
+}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_end_of_turn_probe_finds_the_templates_marker(templates_dir: Path, name: str) -> None:
+    """The check below trusts TemplateInfo.end_of_turn; pin it to what each template really writes."""
+    assert spec_for(name).template.end_of_turn == (END_OF_TURN[name],)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_tokenizer_carries_exactly_its_families_tokens(family: str) -> None:
+    tok = family_tokenizer(family)
+    spec = FAMILIES[family]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (spec.bos, spec.eos, spec.pad)
+    own = [t for t in (spec.bos, spec.eos, spec.pad, spec.unk, *spec.specials, *spec.added) if t]
+    for token in own:  # atomic, special or not as the real tokenizer has it
+        assert len(tok(token, add_special_tokens=False)["input_ids"]) == 1, token
+        assert (token in tok.all_special_tokens) == (token not in spec.added), token
+    foreign = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>", "<think>"} - set(own)
+    for token in foreign:  # another family's marker is plain text here
+        assert len(tok(token, add_special_tokens=False)["input_ids"]) > 1, token
+    text = "".join(own) + " [INST] 你好 👋🏽 <|im_end|><|eot_id|>"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False) == text
+    assert (
+        tok("x")["input_ids"][0] == tok.bos_token_id
+    ) == spec.add_bos  # a plain call adds bos like the real one
+
+
+@pytest.mark.slow
+@pytest.mark.needs_shared
+@pytest.mark.parametrize("dataset", list(DATASETS))
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_dataset_row_is_trained_correctly_or_refused_as_expected(
+    shared_data: Path, templates_dir: Path, name: str, dataset: str
+) -> None:
+    rows = dataset_rows(dataset)
+    assert len(rows) == ROWS[dataset]
+    counts: Counter[str] = Counter()
+    failures: list[str] = []
+    for row in rows:
+        result, problems = outcome(name, row)
+        counts[result] += 1
+        if problems:
+            failures.append(f"{row.source}: {problems}")
+    print(f"{name} × {dataset}: {dict(counts)}")
+    assert not failures, f"{len(failures)} trained rows fail the independent check:\n" + "\n".join(
+        failures[:5]
+    )
+    expected = dict(EXPECTED_DATASETS.get((name, dataset), {}))
+    trained = len(rows) - sum(expected.values())
+    if trained:
+        expected[TRAINED] = trained
+    assert dict(counts) == expected
+
+
+@pytest.mark.parametrize("case", list(EDGE_CASES))
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_edge_case_is_trained_correctly_or_refused_as_expected(
+    templates_dir: Path, name: str, case: str
+) -> None:
+    result, problems = outcome(name, SourceRow(EDGE_CASES[case], f"edge:{case}"))
+    assert not problems, problems
+    assert result == EXPECTED_CASES.get((name, case), TRAINED)
+
+
+def test_the_check_itself_catches_wrong_masks(templates_dir: Path) -> None:
+    """The independent check is not vacuous: shifting, widening or dropping a trained run is reported."""
+    name = "llama-3-instruct.jinja"
+    spec = spec_for(name)
+    row = SourceRow(EDGE_CASES["multi_turn"], "edge:multi_turn")
+    conv = to_conversation(row.row)
+    status, _, payload = process_row(spec, row)
+    assert status == "ok"
+    good = payload[1]
+    assert check_trained(name, spec, conv, good) == ([], [])
+    ids, labels = good.input_ids, good.labels
+    first = runs(labels)[0]
+
+    def variant(new_labels: list[int]) -> list[str]:
+        return check_trained(name, spec, conv, Tokenized(ids, new_labels))[0]
+
+    no_end = list(labels)
+    no_end[first[-1]] = IGNORE_INDEX  # the <|eot_id|> of the first turn not trained
+    assert any("does not end with" in p for p in variant(no_end))
+    wide = list(labels)
+    for k in range(first[0]):  # the whole prompt before the first answer trained too
+        wide[k] = ids[k]
+    assert {"BOS is trained"} <= set(variant(wide))
+    assert any("(user): its content is inside a trained run" in p for p in variant(wide))
+    assert any("(system): its content is inside a trained run" in p for p in variant(wide))
+    dropped = [IGNORE_INDEX if k in first else label for k, label in enumerate(labels)]
+    assert any("trained runs for 3 trainable turns" in p for p in variant(dropped))
+    wrong = list(labels)
+    wrong[first[0]] = ids[first[0]] + 1  # a label that is not the input id
+    assert "labels are not a masked copy of input_ids" in variant(wrong)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: verify_spans does not check that a trained turn holds its tool calls; a template that drops "
+    "`tool_calls` (TRL llama3, phi3) gets the turn trained as a bare end-of-turn token",
+)
+@pytest.mark.parametrize("name", ["trl/llama3.jinja", "trl/phi3.jinja"])
+def test_turn_whose_tool_calls_the_template_drops_is_refused(templates_dir: Path, name: str) -> None:
+    status, _, _ = process_row(spec_for(name), SourceRow(EDGE_CASES["tool_call_with_text"], "edge"))
+    assert status == "bad"
