@@ -36,3 +36,11 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# Speed vs TRL on the same work (benchmarks/README.md): ~20 min on 2 cores; BENCH_REPEATS=1 BENCH_DATASETS=glaive
+# for a quick look. Writes benchmarks/RESULTS.md.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) -c "import sys, trl; sys.exit(int(trl.__version__.split('.')[0]) < 1)" 2>/dev/null \
+		|| $(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/bench.py

@@ -13,6 +13,15 @@ SHARED_DATA = SHARED / "fixtures" / "data"
 SHARED_TEMPLATES = SHARED / "fixtures" / "chat_templates"
 
 
+@pytest.fixture(autouse=True)
+def _private_tokenized_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every test gets its own preprocessing cache (subprocesses inherit the variable), so no test reads another
+    test's entry or the user's ~/.cache."""
+    monkeypatch.setenv("SFTFORGE_CACHE", str(tmp_path_factory.mktemp("sftforge-cache")))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

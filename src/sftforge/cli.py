@@ -14,6 +14,7 @@ COMMANDS = {
     "inspect": "show exactly which tokens a recipe trains, and the dataset statistics",
     "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
     "chat": "chat with a model folder in the terminal",
+    "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
 }
 
@@ -63,6 +64,14 @@ def _chat(argv: list[str]) -> int:
     return chat.run(parser.parse_args(argv))
 
 
+def _merge(argv: list[str]) -> int:
+    from sftforge.export import merge
+
+    parser = argparse.ArgumentParser(prog="sftforge merge", description=COMMANDS["merge"])
+    merge.add_arguments(parser)
+    return merge.run(parser.parse_args(argv))
+
+
 def _demo(argv: list[str]) -> int:
     from sftforge import demo
 
@@ -71,7 +80,14 @@ def _demo(argv: list[str]) -> int:
     return demo.run(parser.parse_args(argv))
 
 
-HANDLERS = {"train": _train, "inspect": _inspect, "init-model": _init_model, "chat": _chat, "demo": _demo}
+HANDLERS = {
+    "train": _train,
+    "inspect": _inspect,
+    "init-model": _init_model,
+    "chat": _chat,
+    "merge": _merge,
+    "demo": _demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

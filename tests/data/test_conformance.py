@@ -36,7 +36,7 @@ from sftforge.data.formats import to_conversation
 from sftforge.data.masking import IGNORE_INDEX, Tokenized
 from sftforge.data.pipeline import TokenizeSpec, process_row
 from sftforge.data.readers import SourceRow, iter_rows
-from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE
+from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _string_arguments
 from sftforge.testing import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, family_tokenizer
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
@@ -56,7 +56,8 @@ BOS_PER_USER_TURN = {"llama-2-chat.jinja"}  # `bos_token + '[INST] '` opens ever
 TRAINED = "trained"
 # Trained although the template drops the turn's tool calls. Once sftforge refuses these rows (the xfail test
 # below flips), replace it with "bad: tool_calls_not_rendered" (or whatever reason the fix names).
-BUG_TOOL_CALLS = "BUG tool_calls_not_rendered"
+BUG_TOOL_CALLS = "BUG tool_calls_not_rendered"  # a trained turn missing its calls: must never happen
+DROPS_CALLS = "bad: tool_calls_not_rendered"
 
 # The templates that end in `raise_exception` when roles do not alternate user/assistant (a tool turn breaks it).
 _ALTERNATING = [
@@ -79,27 +80,31 @@ EXPECTED_DATASETS: dict[tuple[str, str], dict[str, int]] = {
     **{(name, "glaive"): {"bad: template_error": GLAIVE_TOOL_ROWS} for name in _ALTERNATING},
     # The original DeepSeek-V3 template concatenates `tool['function']['arguments']` as a string; sftforge passes
     # arguments as a dict (templates apply `| tojson`), so rendering raises TypeError → template_error.
-    ("trl/deepseekv3.jinja", "glaive"): {"bad: template_error": GLAIVE_TOOL_ROWS},
+    # With string arguments (retried) the template renders, but its tool-call turns cannot be placed: refused.
+    ("trl/deepseekv3.jinja", "glaive"): {"bad: template_rewrites_earlier_turns": GLAIVE_TOOL_ROWS},
     # Phi-3 renders no tool calls and no tool messages; a tool-call-only turn is then empty and cannot be placed
     # (its generation prompt probes as "" because the template appends eos when there is none).
-    ("trl/phi3.jinja", "glaive"): {"bad: template_rewrites_earlier_turns": GLAIVE_TOOL_ROWS},
+    ("trl/phi3.jinja", "glaive"): {DROPS_CALLS: GLAIVE_TOOL_ROWS},  # the template drops tool calls
     # Llama 3 (TRL copy) renders tool messages but drops `tool_calls`: the call turn is trained as a bare
     # `<|eot_id|>`, teaching the model to answer with nothing. Should be refused (see the xfail test below).
-    ("trl/llama3.jinja", "glaive"): {BUG_TOOL_CALLS: GLAIVE_TOOL_ROWS},
+    ("trl/llama3.jinja", "glaive"): {DROPS_CALLS: GLAIVE_TOOL_ROWS},
 }
 
 # (template, edge case) → outcome, for every pair not trained.
 _TOOL_CASES = ("tool_calls", "tool_call_with_text")
 EXPECTED_CASES: dict[tuple[str, str], str] = {
     **{(name, case): "bad: template_error" for name in _ALTERNATING for case in _TOOL_CASES},
-    **{("trl/deepseekv3.jinja", case): "bad: template_error" for case in _TOOL_CASES},
-    ("trl/phi3.jinja", "tool_calls"): "bad: template_rewrites_earlier_turns",
+    ("trl/deepseekv3.jinja", "tool_calls"): "bad: template_rewrites_earlier_turns",
+    ("trl/phi3.jinja", "tool_calls"): DROPS_CALLS,
     # DeepSeek-V3 keeps only what follows `</think>` of an assistant content (and reads no reasoning_content):
     # the content is transformed, so no method places the turn.
     ("trl/deepseekv3.jinja", "inline_think"): "bad: template_rewrites_earlier_turns",
-    ("trl/phi3.jinja", "tool_call_with_text"): BUG_TOOL_CALLS,  # "Let me look that up." trained, call dropped
-    ("trl/llama3.jinja", "tool_calls"): BUG_TOOL_CALLS,
-    ("trl/llama3.jinja", "tool_call_with_text"): BUG_TOOL_CALLS,
+    (
+        "trl/phi3.jinja",
+        "tool_call_with_text",
+    ): DROPS_CALLS,  # the template drops the call: refused, not trained
+    ("trl/llama3.jinja", "tool_calls"): DROPS_CALLS,
+    ("trl/llama3.jinja", "tool_call_with_text"): DROPS_CALLS,
 }
 
 
@@ -171,9 +176,15 @@ def check_trained(
         problems.append("labels are not a masked copy of input_ids")
     full = tok.decode(out.input_ids, skip_special_tokens=False)
     if info.end_of_turn:  # (without an end-of-turn token sftforge appends eos after each turn)
-        rendered = tok.apply_chat_template(
-            conv.template_messages(), tools=conv.tools, chat_template=info.text, tokenize=False
-        )
+        messages = conv.template_messages()
+        try:
+            rendered = tok.apply_chat_template(
+                messages, tools=conv.tools, chat_template=info.text, tokenize=False
+            )
+        except TypeError:  # templates that join arguments as strings (DeepSeek-V3): the OpenAI convention
+            rendered = tok.apply_chat_template(
+                _string_arguments(messages), tools=conv.tools, chat_template=info.text, tokenize=False
+            )
         if full != nfc(rendered):
             problems.append("the input ids are not the template's rendering")
     marker = info.end_of_turn[0] if info.end_of_turn else tok.eos_token
@@ -230,12 +241,12 @@ def check_trained(
 
 def refusal_cause(name: str, reason: str) -> str:
     """What the refusal message must say for the refusals the tables expect (the why, not just the code)."""
-    if reason == "template_error" and name == "trl/deepseekv3.jinja":
-        return 'can only concatenate str (not "dict") to str'  # `+ tool['function']['arguments']`
     if reason == "template_error":
         return "Conversation roles must alternate user/assistant"  # the template's raise_exception
     if reason == "template_rewrites_earlier_turns":
         return "its content could not be located"
+    if reason == "tool_calls_not_rendered":
+        return "does not render its tool call(s)"
     return f"(no {reason} refusal is expected)"
 
 
@@ -370,12 +381,7 @@ def test_the_check_itself_catches_wrong_masks(templates_dir: Path) -> None:
     assert "labels are not a masked copy of input_ids" in variant(wrong)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: verify_spans does not check that a trained turn holds its tool calls; a template that drops "
-    "`tool_calls` (TRL llama3, phi3) gets the turn trained as a bare end-of-turn token",
-)
 @pytest.mark.parametrize("name", ["trl/llama3.jinja", "trl/phi3.jinja"])
 def test_turn_whose_tool_calls_the_template_drops_is_refused(templates_dir: Path, name: str) -> None:
-    status, _, _ = process_row(spec_for(name), SourceRow(EDGE_CASES["tool_call_with_text"], "edge"))
-    assert status == "bad"
+    status, reason, _ = process_row(spec_for(name), SourceRow(EDGE_CASES["tool_call_with_text"], "edge"))
+    assert (status, reason) == ("bad", "tool_calls_not_rendered")

@@ -94,21 +94,16 @@ EXPECTED: dict[str, dict[str, tuple[int, str]]] = {
     },
     "phi3": {
         f"extra ''+turn+{NL}; ''+turn+'\\n<|endoftext|>'": (
-            112,
+            112 + _TOOL_ROWS - 1,
             "the generation block ends after '<|end|>\\n' and the final eos is its own generation block "
             "(merged with the last turn); sftforge stops each turn at <|end|> and does not train the final "
-            "<|endoftext|> that the template appends after the conversation",
+            "<|endoftext|> that the template appends after the conversation. (Phi-3 renders no tool calls: its "
+            "tool-call-only turns are placed here like the oracle does, but the full pipeline refuses those rows "
+            "with tool_calls_not_rendered — see test_conformance)",
         ),
         "extra ''+turn+'\\n<|endoftext|>'": (
             _ALL - 112 - (_TOOL_ROWS - 1),
             "as above, single-turn (or single trained turn) conversations",
-        ),
-        "sftforge: template_rewrites_earlier_turns / oracle: renders": (
-            _TOOL_ROWS - 1,
-            "Phi-3 renders no tool calls and no tool messages: a tool-call-only turn is empty, and with the "
-            "generation prompt probed as '' (the template appends eos when there is none) sftforge cannot place "
-            "it; the oracle trains it as a bare '<|end|>\\n' (the tool_call_with_text edge case has content, so "
-            "sftforge trains it: see the BUG in test_conformance)",
         ),
     },
     "deepseekv3": {
@@ -117,15 +112,15 @@ EXPECTED: dict[str, dict[str, tuple[int, str]]] = {
             "the generation block includes the '<｜Assistant｜>' header; sftforge does not train the header, "
             "which is the generation prompt the model is given at inference",
         ),
-        "sftforge: template_error / oracle: renders": (
-            _TOOL_ROWS,
-            "the original template concatenates tool['function']['arguments'] as a string and sftforge passes a "
-            "dict (TypeError); the training variant applies `| tojson`",
-        ),
         "sftforge: template_rewrites_earlier_turns / oracle: renders": (
+            _TOOL_ROWS,
+            "tool rows (rendered with string arguments, the OpenAI convention this template expects): its "
+            "tool-call turns cannot be placed; and inline_think: the template keeps only what follows '</think>' "
+            "of the content. The oracle trains them",
+        ),
+        "extra '<｜Assistant｜>'+turn+''; '<｜tool▁outputs▁end｜>'+turn+''": (
             1,
-            "inline_think: the template keeps only what follows '</think>' of the content, so no method places the "
-            "turn; the oracle trains the answer without the reasoning",
+            "tool_call_with_text: as above, and the generation block also opens before '<｜tool▁outputs▁end｜>'",
         ),
     },
 }
@@ -294,12 +289,12 @@ def runs(mask: list[bool]) -> list[tuple[int, int]]:
 
 # template → {outcome: count} over the handful (69 conversations).
 EXPECTED_TOKENS: dict[str, dict[str, int]] = {
-    "llama3": {"same ids": 69},
+    "llama3": {"same ids": 63, "sftforge refuses": 6},  # tool rows: the template drops tool calls
     "qwen2_5": {"same ids": 69},
     "qwen3": {"same ids": 58, "texts differ": 11},  # multi-turn: see EXPECTED["qwen3"]
     "gemma3": {"same ids": 63, "sftforge refuses": 6},  # the tool rows: template_error
-    "phi3": {"same ids": 64, "sftforge refuses": 5},  # tool-call-only turns
-    "deepseekv3": {"same ids": 62, "sftforge refuses": 7},  # tool rows and inline_think
+    "phi3": {"same ids": 63, "sftforge refuses": 6},  # tool rows: the template drops tool calls
+    "deepseekv3": {"same ids": 63, "sftforge refuses": 6},  # tool-call-only rows and inline_think
 }
 
 

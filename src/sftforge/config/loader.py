@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from sftforge.config.coerce import coerce_value, field_type, scalar_from_text
+from sftforge.config.peft_args import PeftArguments
 from sftforge.config.schema import SECTIONS, DataArguments, ModelArguments, SFTTrainingArguments
 from sftforge.errors import ConfigError
 
@@ -56,6 +57,7 @@ class SFTConfig:
     # Device-dependent keys the user left to us: key → the value they left ("auto" / unset).
     auto_resolved: dict[str, Any] = field(default_factory=dict)
     recipe_path: str | None = None
+    peft: PeftArguments = field(default_factory=PeftArguments)  # full fine-tuning unless the recipe says
 
 
 def _field_table() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -226,6 +228,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
         notes=notes,
         auto_resolved=auto,
         recipe_path=str(recipe or ""),
+        peft=PeftArguments(**per_section["peft"]),
     )
 
 
@@ -257,6 +260,12 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {
         "model": {f.name: _plain(getattr(cfg.model, f.name)) for f in dataclasses.fields(cfg.model)},
         "data": {f.name: _plain(getattr(cfg.data, f.name)) for f in dataclasses.fields(cfg.data)},
+        # peft: the method plus what differs from the defaults (LoRA keys next to `full` would be an error on reload)
+        "peft": {
+            f.name: _plain(getattr(cfg.peft, f.name))
+            for f in dataclasses.fields(cfg.peft)
+            if f.name == "finetuning_type" or f.name in cfg.explicit or getattr(cfg.peft, f.name) != f.default
+        },
         "training": {},
     }
     defaults = _training_defaults()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from sftforge.config.loader import ALIASES
+from sftforge.config.peft_args import PeftArguments
 from sftforge.config.schema import DataArguments, ModelArguments, SFTTrainingArguments
 
 # The TrainingArguments users reach for most; every other field works too.
@@ -53,7 +54,7 @@ def argument_reference() -> str:
         "Nested values: --lr_scheduler_kwargs '{\"min_lr_rate\": 0.1}' or --lr_scheduler_kwargs.min_lr_rate 0.1",
         "",
     ]
-    for title, cls in (("model", ModelArguments), ("data", DataArguments)):
+    for title, cls in (("model", ModelArguments), ("data", DataArguments), ("peft", PeftArguments)):
         out.append(f"{title}:")
         for f in dataclasses.fields(cls):
             out.append(

@@ -10,6 +10,7 @@ import importlib.util
 from typing import Any
 
 from sftforge.config.loader import data_paths_missing
+from sftforge.config.validate_peft import check_peft
 
 
 def cuda_available() -> bool:
@@ -59,6 +60,7 @@ def check_and_resolve(
             if new in train and train[new] != value:
                 problems.append(f"{old} and {new} are the same setting with different values; keep one.")
             train.setdefault(new, value)
+    notes += check_peft(values, explicit, on_gpu, problems, auto)
     return notes
 
 
@@ -96,9 +98,6 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         )
     if has_eval and "eval_strategy" not in explicit:
         train["eval_strategy"] = "epoch"
-    if not data.get("packing") and "train_sampling_strategy" not in explicit:
-        # Unpacked batches of similar lengths waste little on padding (TRL pads random batches).
-        train["train_sampling_strategy"] = "group_by_length"
 
 
 def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftforge.data.conversation import Conversation
+from sftforge.data.encoding import PieceEncoder, decode_many
 from sftforge.data.spans import RenderedConversation, render_conversation
 from sftforge.data.templates import TemplateInfo
 from sftforge.errors import RowError
@@ -84,6 +85,11 @@ def _insert_after(text: str, spans: list[tuple], ends: set[int], insert: str) ->
     return "".join(pieces), out_spans
 
 
+def _tool_names(calls: list[dict] | None) -> list[str]:
+    names = [(c.get("function") or c).get("name") for c in calls or []]
+    return [str(n) for n in names if n]
+
+
 def _turn_or_content(i: int, turns: dict, contents: dict) -> tuple[int, int] | None:
     if i in turns:
         return turns[i].start, turns[i].end
@@ -109,21 +115,69 @@ def _subtract(spans: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[
 
 def tokenize_with_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Tokenized:
     """Tokenize exactly what the template rendered (no extra BOS), piece by piece at the span edges."""
+    out = tokenize_plans(tokenizer, [Plan(text, spans)])[0]
+    if isinstance(out, RowError):
+        raise out
+    return out
+
+
+@dataclass
+class Plan:
+    """What to tokenize for one example: the text, the character spans to train, and how they were found."""
+
+    text: str
+    spans: list[tuple[int, int]]
+    method: str = ""
+    verify: bool = True  # decode the trained tokens back and compare (not for plain pretraining text)
+    append: tuple[int, ...] = ()  # token ids added after the text (eos after a pretraining document), trained
+
+
+def _pieces(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, bool]]:
     pieces: list[tuple[str, bool]] = []
     cursor = 0
     for start, end in spans:
         pieces += [(text[cursor:start], False), (text[start:end], True)]
         cursor = end
     pieces.append((text[cursor:], False))
-    pieces = [(piece, trained) for piece, trained in pieces if piece]
-    encoded = tokenizer([piece for piece, _ in pieces], add_special_tokens=False)["input_ids"]
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for (_, trained), ids in zip(pieces, encoded, strict=True):
-        input_ids += ids
-        labels += ids if trained else [IGNORE_INDEX] * len(ids)
-    _verify_decode(tokenizer, text, spans, input_ids, labels)
-    return Tokenized(input_ids, labels)
+    return [(piece, trained) for piece, trained in pieces if piece]
+
+
+def tokenize_plans(
+    tokenizer: Any, plans: list[Plan], encoder: PieceEncoder | None = None
+) -> list[Tokenized | RowError]:
+    """Tokenize many examples at once: every piece of every plan goes to the tokenizer in one batch call (fast
+    tokenizers encode a batch in parallel, and the per-call overhead is paid once). Each piece is still encoded
+    on its own, so the ids are exactly those of tokenizing each example separately. A plan whose trained tokens do
+    not decode back to its trained text gets the RowError instead of a Tokenized.
+
+    Pass one `encoder` to successive calls to reuse what it encoded (see `encoding.PieceEncoder`)."""
+    encoder = encoder or PieceEncoder(tokenizer)
+    per_plan = [_pieces(plan.text, plan.spans) for plan in plans]
+    encoded = iter(encoder.encode([piece for pieces in per_plan for piece, _ in pieces]))
+    outputs: list[Tokenized] = []
+    trained_ids: list[list[int]] = []
+    for plan, pieces in zip(plans, per_plan, strict=True):
+        input_ids: list[int] = []
+        labels: list[int] = []
+        trained_only: list[int] = []
+        for _, trained in pieces:
+            ids = next(encoded)
+            input_ids += ids
+            if trained:
+                labels += ids
+                trained_only += ids
+            else:
+                labels += [IGNORE_INDEX] * len(ids)
+        input_ids += plan.append
+        labels += plan.append
+        outputs.append(Tokenized(input_ids, labels, method=plan.method))
+        trained_ids.append(trained_only)
+    checked = [i for i, plan in enumerate(plans) if plan.verify]
+    decoded = decode_many(tokenizer, [trained_ids[i] for i in checked])
+    results: list[Tokenized | RowError] = list(outputs)
+    for i, got in zip(checked, decoded, strict=True):
+        results[i] = _verify_decode(tokenizer, plans[i], got) or outputs[i]
+    return results
 
 
 def verify_spans(
@@ -144,6 +198,16 @@ def verify_spans(
         if info.end_of_turn and not any(text.endswith(m, 0, turn.end) for m in info.end_of_turn):
             raise RowError(
                 "end_of_turn_missing", f"turn {i} (assistant): no end-of-turn token after it to train"
+            )
+        missing = [
+            n for n in _tool_names(conv.messages[i].tool_calls) if n not in text[turn.start : turn.end]
+        ]
+        if missing:
+            raise RowError(
+                "tool_calls_not_rendered",
+                f"turn {i} (assistant): the chat template does not render its tool call(s) {missing}; training "
+                "the turn would teach the model to answer without them. Use a template with tool support "
+                "(e.g. chat_template: default) or drop tool rows",
             )
         content = conv.messages[i].content
         located = rendered.contents.get(i)
@@ -167,17 +231,16 @@ def verify_spans(
             )
 
 
-def _verify_decode(tokenizer: Any, text: str, spans: list, input_ids: list[int], labels: list[int]) -> None:
-    """The trained tokens must decode to exactly the trained text (content + end-of-turn)."""
-    trained = [t for t, label in zip(input_ids, labels, strict=True) if label != IGNORE_INDEX]
-    expected = _normalize(tokenizer, "".join(text[s:e] for s, e in spans))
-    got = tokenizer.decode(trained, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if got != expected:
-        raise RowError(
-            "mask_mismatch",
-            f"trained tokens decode to {got[:80]!r}… but the assistant turns read {expected[:80]!r}… "
-            "(the tokenizer does not round-trip this text)",
-        )
+def _verify_decode(tokenizer: Any, plan: Plan, got: str) -> RowError | None:
+    """The trained tokens (decoded: `got`) must decode to exactly the trained text (content + end-of-turn)."""
+    expected = _normalize(tokenizer, "".join(plan.text[s:e] for s, e in plan.spans))
+    if got == expected:
+        return None
+    return RowError(
+        "mask_mismatch",
+        f"trained tokens decode to {got[:80]!r}… but the assistant turns read {expected[:80]!r}… "
+        "(the tokenizer does not round-trip this text)",
+    )
 
 
 def _normalize(tokenizer: Any, text: str) -> str:
@@ -187,15 +250,12 @@ def _normalize(tokenizer: Any, text: str) -> str:
     return normalizer.normalize_str(text) if normalizer is not None else text
 
 
-def encode_conversation(
-    conv: Conversation, tokenizer: Any, info: TemplateInfo, options: MaskOptions
-) -> Tokenized:
-    """Conversation → input_ids + labels (no truncation), verified."""
+def plan_conversation(conv: Conversation, tokenizer: Any, info: TemplateInfo, options: MaskOptions) -> Plan:
+    """Conversation → what to tokenize: rendered text + verified trained spans (RowError when it cannot be)."""
     if conv.format == "text":  # plain pretraining text: every token, then eos so documents end
-        ids = list(tokenizer(conv.meta["text"], add_special_tokens=False)["input_ids"])
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        return Tokenized(ids, list(ids), method="text")
+        text = conv.meta["text"]
+        eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+        return Plan(text, [(0, len(text))], "text", verify=False, append=eos)
     rendered = render_conversation(conv, tokenizer, info)
     spans = trained_char_spans(conv, rendered, options)
     if not spans:
@@ -206,6 +266,14 @@ def encode_conversation(
         # The template ends turns with no special token: append eos to each trained turn so the model learns to stop.
         ends = {t.end for t in rendered.turns.values()}
         text, spans = _insert_after(text, spans, ends, tokenizer.eos_token)
-    out = tokenize_with_spans(tokenizer, text, spans)
-    out.method = "+".join(sorted(rendered.methods))
+    return Plan(text, spans, "+".join(sorted(rendered.methods)))
+
+
+def encode_conversation(
+    conv: Conversation, tokenizer: Any, info: TemplateInfo, options: MaskOptions
+) -> Tokenized:
+    """Conversation → input_ids + labels (no truncation), verified."""
+    out = tokenize_plans(tokenizer, [plan_conversation(conv, tokenizer, info, options)])[0]
+    if isinstance(out, RowError):
+        raise out
     return out

@@ -6,23 +6,45 @@ Returns plain lists of examples plus the statistics the start-up summary prints.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
-from multiprocessing import get_context
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from sftforge.config.schema import DataArguments
-from sftforge.data.conversation import Conversation
-from sftforge.data.formats import to_conversation
-from sftforge.data.masking import MaskOptions, Tokenized, encode_conversation
+from sftforge.data.cache import CacheStatus, Split, cache_root, fingerprint, load, store
+from sftforge.data.encoding import overlappable
+from sftforge.data.parallel import auto_processes, chunked, run_chunks
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_data_files
-from sftforge.data.templates import TemplateInfo
-from sftforge.data.truncation import fit_to_length
-from sftforge.errors import DataError, RowError
+from sftforge.data.rows import (  # re-exported: the pipeline's public names
+    ALWAYS_FATAL,
+    DROPPED_NOT_BAD,
+    Example,
+    TokenizeSpec,
+    process_row,
+    process_rows,
+    tokenize_conversation,
+)
+from sftforge.errors import DataError
+
+__all__ = [
+    "ALWAYS_FATAL",
+    "CHUNK_ROWS",
+    "DROPPED_NOT_BAD",
+    "DataStats",
+    "Example",
+    "PreparedData",
+    "TokenizeSpec",
+    "build_examples",
+    "prepare_data",
+    "process_row",
+    "process_rows",
+    "split_holdout",
+    "tokenize_conversation",
+]
 
 
 @dataclass
@@ -42,59 +64,12 @@ class DataStats:
 
 
 @dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]
-    source: str
-
-    def as_features(self) -> dict[str, list[int]]:
-        return {"input_ids": self.input_ids, "labels": self.labels}
-
-
-@dataclass
 class PreparedData:
     train: list[Example]
     eval: list[Example]
     train_stats: DataStats
     eval_stats: DataStats | None
-
-
-# Length problems are not data mistakes: such examples are dropped and counted in every on_bad_rows mode...
-DROPPED_NOT_BAD = frozenset({"no_trainable_tokens_after_truncation", "exceeds_max_length"})
-# ...except with `truncation: error`, which stops the run whatever on_bad_rows says.
-ALWAYS_FATAL = frozenset({"too_long"})
-
-
-@dataclass(frozen=True)
-class TokenizeSpec:
-    """Everything a worker process needs to turn one row into an example (picklable)."""
-
-    tokenizer: Any
-    template: TemplateInfo
-    max_length: int
-    options: MaskOptions = MaskOptions()  # noqa: RUF009 — frozen, so one shared default is safe
-    truncation: str = "turns"
-
-    @classmethod
-    def build(cls, tokenizer: Any, template: str, max_length: int, **kwargs: Any) -> TokenizeSpec:
-        return cls(tokenizer, TemplateInfo.probe(tokenizer, template), max_length, **kwargs)
-
-
-def process_row(spec: TokenizeSpec, source_row: SourceRow) -> tuple[str, str, Any]:
-    """One row → ("ok", format, (Example, Tokenized)) or ("bad" | "drop" | "fatal", reason, message). Pure."""
-    try:
-        if source_row.error is not None:
-            raise source_row.error
-        conv = to_conversation(source_row.row, source=source_row.source)
-
-        def encode(c: Conversation) -> Tokenized:
-            return encode_conversation(c, spec.tokenizer, spec.template, spec.options)
-
-        tok = fit_to_length(conv, encode, spec.max_length, spec.truncation)
-    except RowError as e:
-        status = "drop" if e.reason in DROPPED_NOT_BAD else "fatal" if e.reason in ALWAYS_FATAL else "bad"
-        return status, e.reason, f"{source_row.source}: {e.detail}"
-    return "ok", conv.format, (Example(tok.input_ids, tok.labels, source_row.source), tok)
+    cache: CacheStatus | None = None  # what the tokenized cache did (None: not asked)
 
 
 def _rows_from_files(spec: Sequence[str]) -> Iterator[SourceRow]:
@@ -109,17 +84,20 @@ def _take(rows: Iterable[SourceRow], limit: int | None) -> Iterator[SourceRow]:
         yield row
 
 
+CHUNK_ROWS = 64  # rows rendered, then tokenized in one call (and one task when several processes work)
+
+
 def build_examples(
     rows: Iterable[SourceRow], spec: TokenizeSpec, on_bad_rows: str, num_proc: int | None, desc: str
 ) -> tuple[list[Example], DataStats]:
     stats = DataStats()
     examples: list[Example] = []
-    worker = partial(process_row, spec)
-    if num_proc and num_proc > 1:
-        pool = get_context("spawn").Pool(num_proc)
-        results: Iterable = pool.imap(worker, rows, chunksize=64)
-    else:
-        pool, results = None, map(worker, rows)
+    if num_proc is None:
+        num_proc, rows = auto_processes(rows)
+    batches = run_chunks(
+        process_rows, spec, chunked(rows, CHUNK_ROWS), num_proc, thread=overlappable(spec.tokenizer)
+    )
+    results = (result for batch in batches for result in batch)
     try:
         for status, what, payload in tqdm(results, desc=desc, unit=" rows", mininterval=0.5):
             stats.rows += 1
@@ -145,13 +123,67 @@ def build_examples(
             stats.tokens += len(example.input_ids)
             stats.trained_tokens += sum(label != -100 for label in example.labels)
     finally:
-        if pool is not None:
-            pool.terminate()
+        batches.close()
     return examples, stats
 
 
 def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
-    """Read, convert, tokenize and split. An empty training set is always an error."""
+    """Read, convert, tokenize and split — or load all that from the tokenized cache when nothing it depends on
+    changed. An empty training set is always an error."""
+    if not data.preprocessing_cache:
+        prepared = _prepare_data(data, spec, seed)
+        prepared.cache = CacheStatus("off")
+        return prepared
+    started = time.perf_counter()
+    root = cache_root(data.cache_dir)
+    key = fingerprint(data, spec, seed)
+    found = load(root, key)
+    if found is not None:
+        return _from_cache(*found, CacheStatus("hit", key, time.perf_counter() - started))
+    prepared = _prepare_data(data, spec, seed)
+    try:
+        store(root, key, *_to_cache(prepared))
+        prepared.cache = CacheStatus("stored", key, note=str(root))
+    except OSError as e:  # a read-only or full disk costs the next run time, not this one
+        prepared.cache = CacheStatus("miss", key, note=f"cannot write {root}: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001 — nor does anything else that goes wrong while storing
+        prepared.cache = CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
+    return prepared
+
+
+def _to_cache(prepared: PreparedData) -> tuple[dict[str, Split], dict[str, Any]]:
+    splits = {
+        name: Split(
+            [e.input_ids for e in examples], [e.labels for e in examples], [e.source for e in examples]
+        )
+        for name, examples in (("train", prepared.train), ("eval", prepared.eval))
+    }
+    stats = {"train": _plain_stats(prepared.train_stats), "eval": _plain_stats(prepared.eval_stats)}
+    return splits, stats
+
+
+def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
+    # Not dataclasses.asdict: it would rebuild each Counter from (key, count) pairs, counting the pairs.
+    return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
+
+
+def _from_cache(splits: dict[str, Split], stats: dict[str, Any], status: CacheStatus) -> PreparedData:
+    def examples(name: str) -> list[Example]:
+        split = splits[name]
+        return [Example(*parts) for parts in zip(split.input_ids, split.labels, split.sources, strict=True)]
+
+    def data_stats(doc: dict[str, Any] | None) -> DataStats | None:
+        if doc is None:
+            return None
+        counters = {k: Counter(doc[k]) for k in ("formats", "dropped", "methods")}
+        return DataStats(**{**doc, **counters})
+
+    train_stats = data_stats(stats["train"])
+    assert train_stats is not None
+    return PreparedData(examples("train"), examples("eval"), train_stats, data_stats(stats["eval"]), status)
+
+
+def _prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
     if data.train_data_path:
         train_rows: Iterable[SourceRow] = _rows_from_files(data.train_data_path)
     else:
@@ -188,19 +220,3 @@ def split_holdout(examples: list[Example], ratio: float, seed: int) -> tuple[lis
         return examples, []
     held = set(order[:n_eval])
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
-
-
-def tokenize_conversation(
-    conv: Conversation,
-    tokenizer: Any,
-    template: str | TemplateInfo,
-    max_length: int = 1 << 30,
-    options: MaskOptions | None = None,
-    truncation: str = "turns",
-) -> Tokenized:
-    """One conversation → input_ids + labels, as training sees it (convenience for notebooks and tests)."""
-    info = template if isinstance(template, TemplateInfo) else TemplateInfo.probe(tokenizer, template)
-    opts = options or MaskOptions()
-    return fit_to_length(
-        conv, lambda c: encode_conversation(c, tokenizer, info, opts), max_length, truncation
-    )

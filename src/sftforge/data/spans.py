@@ -18,7 +18,6 @@ a system, user or tool message may be trained.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,7 +107,7 @@ def locate_contents(messages: list[dict[str, Any]], render: Render, text: str) -
     """Message index → (start, end) of its content in `text`; {} when the template does not render contents
     verbatim (both as given and stripped, for templates that `| trim`)."""
     for strip in (False, True):
-        marked = copy.deepcopy(messages)
+        marked = [dict(m) for m in messages]  # only top-level `content` changes: a shallow copy is enough
         for k, m in enumerate(marked):
             content = m.get("content")
             if isinstance(content, str) and content:
@@ -186,7 +185,8 @@ def _prefix_span(
     messages: list[dict[str, Any]], render: Render, text: str, i: int, info: TemplateInfo
 ) -> TurnSpan | None:
     prefix = render(messages[:i], True)
-    upto = render(messages[: i + 1], False)
+    # The last message's "upto" render is the full render, already done.
+    upto = text if i + 1 == len(messages) else render(messages[: i + 1], False)
     if not (upto.startswith(prefix) and text.startswith(upto)):
         return None
     start = len(prefix)

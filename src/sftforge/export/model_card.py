@@ -21,6 +21,8 @@ _KEY_HPARAMS = (
     "fp16",
     "seed",
 )
+_ADAPTER_HPARAMS = ("finetuning_type", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_dora",
+                    "use_rslora", "modules_to_save", "quantization_bit")  # fmt: skip
 
 
 def write_model_card(
@@ -30,19 +32,25 @@ def write_model_card(
     training: Any,
     extra: dict[str, Any],
     metrics: dict[str, Any],
+    adapter: Any = None,
 ) -> Path:
+    """`adapter`: the run's PeftArguments when it trained a LoRA/DoRA adapter (the folder is an adapter, not a
+    model: the card says so and shows how to load or merge it)."""
     hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
+    if adapter is not None:
+        hp |= {k: getattr(adapter, k) for k in _ADAPTER_HPARAMS}
     lines = [
         "---",
         f"base_model: {base_model}",
-        "library_name: transformers",
-        "tags: [sftforge, sft]",
+        f"library_name: {'peft' if adapter is not None else 'transformers'}",
+        f"tags: [sftforge, sft{', lora' if adapter is not None else ''}]",
         "---",
         "",
         f"# {Path(training.output_dir).name}",
         "",
         f"Supervised fine-tune of `{base_model}` made with sftforge {__version__} (assistant-only loss).",
         "",
+        *(_adapter_intro(base_model, adapter) if adapter is not None else []),
         "## Data",
         "",
         data_desc,
@@ -62,9 +70,7 @@ def write_model_card(
         "## Use",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'tok = AutoTokenizer.from_pretrained("{training.output_dir}")',
-        f'model = AutoModelForCausalLM.from_pretrained("{training.output_dir}")',
+        *(_load_lines(training.output_dir, base_model, adapter is not None)),
         'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
         '                              return_tensors="pt", return_dict=True)',
         "print(tok.decode(model.generate(**ids, max_new_tokens=64)[0]))",
@@ -76,6 +82,38 @@ def write_model_card(
     path = Path(path)
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _adapter_intro(base_model: str, adapter: Any) -> list[str]:
+    method = "DoRA" if adapter.use_dora else "LoRA"
+    quant = (
+        f" trained on the base quantized to {adapter.quantization_bit} bits (QLoRA)"
+        if adapter.quantization_bit
+        else ""
+    )
+    return [
+        f"**This folder is a {method} adapter of the base model `{base_model}`**{quant}, not a full model: load it "
+        "on top of that base (peft), or merge it into a plain model folder with",
+        f"`sftforge merge --base {base_model} --adapter <this folder> --output <merged folder>` "
+        "(checked: merged logits equal base+adapter).",
+        "",
+    ]
+
+
+def _load_lines(output_dir: str, base_model: str, is_adapter: bool) -> list[str]:
+    if not is_adapter:
+        return [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            f'tok = AutoTokenizer.from_pretrained("{output_dir}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{output_dir}")',
+        ]
+    return [
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'tok = AutoTokenizer.from_pretrained("{output_dir}")  # the trained chat template',
+        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")',
+        f'model = PeftModel.from_pretrained(base, "{output_dir}")',
+    ]
 
 
 def _fmt(value: Any) -> str:

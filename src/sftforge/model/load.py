@@ -89,13 +89,21 @@ def _ensure_pad_token(tokenizer: Any, end_of_turn: list[str]) -> list[str]:
     ]
 
 
-def load_model(model_args: ModelArguments, gradient_checkpointing: bool) -> Any:
+def load_model(
+    model_args: ModelArguments, gradient_checkpointing: bool, quantization_config: Any | None = None
+) -> Any:
+    """`quantization_config`: a `BitsAndBytesConfig` (QLoRA, see model/quant.py) — the base loads quantized."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype: Any = (
         "auto" if model_args.torch_dtype == "auto" else getattr(torch, _DTYPES[model_args.torch_dtype])
     )
+    extra: dict[str, Any] = {}
+    if quantization_config is not None:
+        from sftforge.model.quant import quantized_device_map
+
+        extra = {"quantization_config": quantization_config, "device_map": quantized_device_map()}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path,
@@ -104,6 +112,7 @@ def load_model(model_args: ModelArguments, gradient_checkpointing: bool) -> Any:
             attn_implementation=model_args.attn_implementation,
             trust_remote_code=model_args.trust_remote_code,
             use_safetensors=None,  # prefer safetensors; fall back only when a repo has no .safetensors
+            **extra,
         )
     except (OSError, ValueError) as e:
         raise ConfigError(

@@ -19,6 +19,8 @@ from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
+from sftforge.model.peft import apply_finetuning, count_parameters
+from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
 from sftforge.train.summary import print_final_summary, print_startup_summary
@@ -32,7 +34,11 @@ def check_output_dir(cfg: SFTConfig) -> Path:
         raise ConfigError(
             f"output_dir: {str(out)!r} exists and is a file; choose a folder path.", "output_dir"
         )
-    finished = (out / "config.json").exists() or any(out.glob("checkpoint-*"))
+    finished = (
+        (out / "config.json").exists()
+        or (out / "adapter_config.json").exists()
+        or any(out.glob("checkpoint-*"))
+    )
     if finished and not cfg.training.overwrite_output_dir and not cfg.training.resume_from_checkpoint:
         raise ConfigError(
             f"output_dir: {str(out)!r} already holds a trained model or checkpoints. Use a new output_dir, "
@@ -89,7 +95,10 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     bundle, data = prepare_tokenized_data(cfg)
     prep_s = time.time() - started
     args = cfg.training
-    model = load_model(cfg.model, bool(args.activation_checkpointing))
+    ckpt = bool(args.activation_checkpointing)
+    model = load_model(cfg.model, ckpt, quantization_config(cfg.peft))
+    model, peft_notes = apply_finetuning(model, cfg.peft, bundle.tokenizer, ckpt)  # lora / qlora / freeze
+    cfg.notes.extend(peft_notes)
     trainer = build_trainer(cfg, bundle, data, model)
     trainer.throughput = ThroughputCallback(
         trainer.data_collator, model, int(os.environ.get("WORLD_SIZE", "1"))
@@ -103,6 +112,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
+    metrics["trainable_params"], metrics["total_params"] = count_parameters(model)
     metrics["prep_s"] = round(prep_s, 3)
     metrics["train_s"] = round(time.time() - train_started, 3)
     metrics["seen_tokens"] = collator.real_tokens  # real tokens fed (training batches only, pads excluded)
@@ -134,8 +144,14 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             training=args,
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
+            adapter=cfg.peft if cfg.peft.is_lora else None,
         )
         print_final_summary(metrics, out)
+        if cfg.peft.merge_after_train:
+            from sftforge.export.merge import merge_adapter
+
+            merge_adapter(cfg.model.model_name_or_path, out, out / "merged", overwrite=True,
+                          trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     return metrics
 
 

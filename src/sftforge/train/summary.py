@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sftforge.model.peft import count_parameters
+
 
 def _steps(num_examples: int, args: Any) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -33,14 +35,18 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
         f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length} "
         f"(truncation: {cfg.data.truncation})",
         f" split        {len(data.train)} train / {len(data.eval)} eval examples",
+        *(
+            [f" cache        {cache.describe()}"]
+            if (cache := getattr(data, "cache", None)) is not None
+            else []
+        ),
     ]
 
 
 def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any) -> None:
     args = cfg.training
     effective, total_steps = _steps(len(train_rows), args)
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, params = count_parameters(model)  # peft's count under LoRA (4-bit weights: two per byte)
     lines = [
         "─" * 72,
         f" sftforge train → {args.output_dir}",

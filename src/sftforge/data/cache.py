@@ -1,0 +1,255 @@
+"""Fingerprinted cache of tokenized examples: an unchanged re-run does no tokenization, any change misses.
+
+The key hashes everything the examples depend on: the data (file contents; a local dataset folder's files; a hub
+dataset's name, config, split and revision), the tokenizer (its full definition and special tokens), the chat
+template text, the masking / truncation / packing / length / sampling / bad-row / split options, and the versions of
+this data code and of the libraries that tokenize and render. It never depends on file times.
+
+An entry is a folder `<cache_dir>/<key>/`: per split, flat int32 `ids` and `labels` plus int64 `offsets` (.npy), and
+`meta.json` (statistics, sources, and a SHA-256 of every array file). It is written to a temporary folder and renamed
+into place, so a killed run never leaves a half entry; an entry that fails any check on reading (missing file,
+checksum, shapes) is ignored, deleted and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Bump when the data code changes what it produces for the same inputs (rendering, spans, masking, truncation).
+DATA_CODE_VERSION = "1"
+DEFAULT_CACHE_DIR = Path("~/.cache/sftforge/tokenized")
+_FORMAT = 1  # layout of an entry on disk
+
+
+@dataclass
+class CacheStatus:
+    """What the cache did in this run, for the start-up summary."""
+
+    state: str  # "hit" | "stored" | "miss" (not stored: see note) | "off"
+    key: str = ""
+    seconds: float = 0.0
+    note: str = ""
+
+    def describe(self) -> str:
+        short = f"key {self.key[:8]}…"
+        if self.state == "hit":
+            return f"hit ({short}, loaded in {self.seconds:.2f} s; no tokenization)"
+        if self.state == "stored":
+            return f"miss → stored ({short}, {self.note})"
+        if self.state == "miss":
+            return f"miss, not stored ({self.note})"
+        return "off (preprocessing_cache: false)"
+
+
+@dataclass
+class Split:
+    """One list of examples in plain form: token ids, labels and the `file:line` each came from."""
+
+    input_ids: list[list[int]]
+    labels: list[list[int]]
+    sources: list[str]
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    return Path(cache_dir or os.environ.get("SFTFORGE_CACHE") or DEFAULT_CACHE_DIR).expanduser()
+
+
+# ---------------------------------------------------------------- the key
+
+
+def fingerprint(data: Any, spec: Any, seed: int) -> str:
+    """SHA-256 over every input of preprocessing. `data`: DataArguments; `spec`: TokenizeSpec."""
+    from sftforge.data.readers import resolve_data_files
+
+    inputs = {
+        "format": _FORMAT,
+        "data_code": [DATA_CODE_VERSION, _data_code_digest()],
+        "libraries": _library_versions(),
+        "train": (
+            _files_digest(resolve_data_files(list(data.train_data_path)))
+            if data.train_data_path
+            else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
+        ),
+        "eval": (
+            _files_digest(resolve_data_files(list(data.eval_data_path)))
+            if data.eval_data_path
+            else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_test_split)
+            if data.dataset_name and data.dataset_test_split
+            else None
+        ),
+        "tokenizer": tokenizer_digest(spec.tokenizer),
+        "chat_template": spec.template.text,
+        "max_length": spec.max_length,
+        "train_on": spec.options.train_on,
+        "train_on_reasoning": spec.options.train_on_reasoning,
+        "truncation": spec.truncation,
+        "packing": bool(data.packing),
+        "max_samples": data.max_samples,
+        "on_bad_rows": data.on_bad_rows,
+        # The hold-out split is cached with the examples, so its ratio and seed are inputs too.
+        "eval_split_ratio": data.eval_split_ratio,
+        "seed": seed if data.eval_split_ratio > 0 else None,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """The tokenizer's full definition (vocabulary, merges, added tokens, normalizer, pre-tokenizer) + its specials."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:  # a Python tokenizer: its vocabulary and added tokens
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    specials = {
+        "map": tokenizer.special_tokens_map,
+        "added": {
+            i: str(t) for i, t in sorted((getattr(tokenizer, "added_tokens_decoder", None) or {}).items())
+        },
+        "split_special_tokens": getattr(tokenizer, "split_special_tokens", False),
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    h.update(json.dumps(specials, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _files_digest(paths: list[Path]) -> list[tuple[str, str]]:
+    # The path is part of it: examples remember their `file:line`.
+    return [(str(p.resolve()), _file_sha256(p)) for p in paths]
+
+
+def _dataset_digest(name: str | None, config: str | None, split: str | None) -> Any:
+    local = Path(name).expanduser() if name else None
+    if local is not None and local.exists():
+        files = sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else [local]
+        return {"local": _files_digest(files), "config": config, "split": split}
+    # A hub dataset: what names it (its files are not fetched just to fingerprint them).
+    return {"hub": name, "config": config, "split": split, "revision": None}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _data_code_digest() -> str:
+    """The source of the data package itself, so that an edit to it never reuses stale examples (the constant
+    above is for changes elsewhere that alter what the data code produces)."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _library_versions() -> dict[str, str]:
+    import jinja2
+    import tokenizers
+    import transformers
+
+    return {
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "jinja2": jinja2.__version__,
+    }
+
+
+# ---------------------------------------------------------------- reading and writing entries
+
+
+def load(root: Path, key: str) -> tuple[dict[str, Split], dict[str, Any]] | None:
+    """(splits, meta) of a complete, intact entry; None otherwise (a damaged entry is deleted)."""
+    entry = root / key
+    if not entry.is_dir():
+        return None
+    try:
+        return _read(entry, key)
+    except Exception:  # noqa: BLE001 — anything wrong with an entry means: do not trust it, rebuild it
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+def store(root: Path, key: str, splits: dict[str, Split], meta: dict[str, Any]) -> None:
+    """Write an entry atomically: into a temporary folder beside it, then one rename."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=root))
+    try:
+        checksums = {}
+        for name, split in splits.items():
+            for kind, array in _arrays(split).items():
+                path = tmp / f"{name}.{kind}.npy"
+                np.save(path, array, allow_pickle=False)
+                checksums[path.name] = _file_sha256(path)
+        doc = {
+            "format": _FORMAT,
+            "key": key,
+            "checksums": checksums,
+            "sources": {name: split.sources for name, split in splits.items()},
+            "meta": meta,
+        }
+        doc["digest"] = _doc_digest(doc)  # meta.json checks itself too
+        (tmp / "meta.json").write_text(json.dumps(doc), encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an entry is as readable as any cache file
+        try:
+            tmp.rename(root / key)
+        except OSError:
+            if not (root / key).is_dir():  # not "another process stored it first"
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _doc_digest(doc: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _arrays(split: Split) -> dict[str, np.ndarray]:
+    lengths = np.fromiter(map(len, split.input_ids), dtype=np.int64, count=len(split.input_ids))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    ids = np.fromiter((t for seq in split.input_ids for t in seq), dtype=np.int32, count=total)
+    labels = np.fromiter((t for seq in split.labels for t in seq), dtype=np.int32, count=total)
+    return {"ids": ids, "labels": labels, "offsets": offsets}
+
+
+def _read(entry: Path, key: str) -> tuple[dict[str, Split], dict[str, Any]]:
+    doc = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+    if doc.get("format") != _FORMAT or doc.get("key") != key or doc.pop("digest", None) != _doc_digest(doc):
+        raise ValueError("entry of another format or key, or an altered meta.json")
+    for name, digest in doc["checksums"].items():
+        if _file_sha256(entry / name) != digest:
+            raise ValueError(f"{name}: checksum mismatch")
+    splits = {}
+    for name, sources in doc["sources"].items():
+        ids, labels, offsets = (
+            np.load(entry / f"{name}.{kind}.npy") for kind in ("ids", "labels", "offsets")
+        )
+        if not (
+            ids.shape == labels.shape
+            and offsets.shape == (len(sources) + 1,)
+            and offsets[0] == 0
+            and offsets[-1] == len(ids)
+            and bool(np.all(np.diff(offsets) >= 0))
+        ):
+            raise ValueError(f"{name}: inconsistent arrays")
+        bounds = offsets.tolist()
+        ids_list, labels_list = ids.tolist(), labels.tolist()
+        splits[name] = Split(
+            [ids_list[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],
+            [labels_list[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],
+            list(sources),
+        )
+    return splits, doc["meta"]

@@ -1,0 +1,164 @@
+"""Turn a loaded model into what the recipe trains: every weight (full), LoRA / DoRA adapters (peft, on a plain or
+bitsandbytes-quantized base), or only the last N blocks (freeze).
+
+Adapters are peft's own (`get_peft_model`), never hand-written layers, so the output folder is a standard peft
+adapter that `PeftModel.from_pretrained`, vLLM and `sftforge merge` read.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from sftforge.config.peft_args import PeftArguments
+from sftforge.errors import ConfigError
+from sftforge.model.quant import is_quantized
+
+
+def apply_finetuning(
+    model: Any, peft_args: PeftArguments, tokenizer: Any, activation_checkpointing: bool
+) -> tuple[Any, list[str]]:
+    """Return the model to train (a `PeftModel` for lora/qlora) and notes for the start-up summary."""
+    notes: list[str] = []
+    resized = resize_embeddings_for(model, tokenizer)
+    if resized:
+        old, new = resized
+        notes.append(
+            f"vocabulary: the tokenizer has {new} tokens but the embedding had {old} rows; embedding and LM head "
+            f"resized to {new} and trained"
+            + (" in full (modules_to_save), saved with the adapter" if peft_args.is_lora else "")
+        )
+    kind = peft_args.finetuning_type
+    if kind == "full":
+        return model, notes
+    if kind == "freeze":
+        trained = freeze_all_but_last_blocks(model, peft_args.freeze_trainable_layers)
+        if resized:  # the new token rows must learn something
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                for p in module.parameters() if module is not None else ():
+                    p.requires_grad_(True)
+        frozen = "earlier blocks" if resized else "embeddings, earlier blocks and the head"
+        notes.append(f"freeze: training blocks {trained}; {frozen} frozen")
+    else:
+        model = _apply_lora(model, peft_args, resized is not None)
+    if activation_checkpointing:
+        # Frozen embeddings give checkpointed blocks inputs without grad; peft's recipe: make the inputs require it
+        # (transformers 5 also does so when it enables checkpointing on an input_ids model; harmless twice).
+        model.enable_input_require_grads()
+    return model, notes
+
+
+def _apply_lora(model: Any, peft_args: PeftArguments, resized: bool) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if is_quantized(model):
+        # Casts the non-quantized weights (norms, embeddings) to fp32 and freezes everything: peft's QLoRA recipe.
+        # Checkpointing is left to the Trainer (activation_checkpointing), which enables it with the user's kwargs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    modules_to_save = list(peft_args.modules_to_save or [])
+    tied = _embeddings_tied(model)
+    if resized:
+        names = [_leaf_name(model, model.get_input_embeddings())]
+        if not tied:
+            names.append(_leaf_name(model, model.get_output_embeddings()))
+        modules_to_save += [n for n in names if n and n not in modules_to_save]
+    embedding = _leaf_name(model, model.get_input_embeddings())
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=peft_args.lora_r,
+        lora_alpha=peft_args.lora_alpha,
+        lora_dropout=peft_args.lora_dropout,
+        target_modules=peft_args.lora_target_modules,
+        use_dora=peft_args.use_dora,
+        use_rslora=peft_args.use_rslora,
+        modules_to_save=modules_to_save or None,
+        # a tied head must stay tied to the trained embedding copy (peft #2777), or merging breaks it
+        ensure_weight_tying=tied and embedding in modules_to_save,
+    )
+    try:
+        # peft probes a deprecated transformers attribute: not the user's concern
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
+            return get_peft_model(model, config)
+    except ValueError as e:
+        linear = sorted(linear_module_names(model))
+        raise ConfigError(
+            f"lora_target_modules: {str(e).splitlines()[0]} Linear modules in this model: {', '.join(linear)} "
+            "(or use all-linear).",
+            source="peft",
+        ) from None
+
+
+def resize_embeddings_for(model: Any, tokenizer: Any) -> tuple[int, int] | None:
+    """Grow the embedding (and a separate head) to the tokenizer's size; (old rows, new rows) or None."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= rows:
+        return None
+    model.resize_token_embeddings(len(tokenizer))
+    return rows, len(tokenizer)
+
+
+def decoder_blocks(model: Any) -> tuple[str, Any]:
+    """The ModuleList of transformer blocks (e.g. `model.layers`), found by the config's layer count."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    count = getattr(base.config.get_text_config(), "num_hidden_layers", None)
+    for name, module in base.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return name, module  # pre-order walk: the block list comes before any list inside a block
+    raise ConfigError(
+        f"finetuning_type freeze: cannot find the {count} transformer blocks of {type(base).__name__}; "
+        "use finetuning_type lora or full.",
+        source="peft",
+    )
+
+
+def freeze_all_but_last_blocks(model: Any, n: int) -> str:
+    """Freeze every weight except those of the last `n` blocks; returns which blocks train, e.g. '22-23 of 24'."""
+    name, blocks = decoder_blocks(model)
+    if n > len(blocks):
+        raise ConfigError(
+            f"freeze_trainable_layers: {n}, but the model has only {len(blocks)} blocks; use at most "
+            f"{len(blocks)} (or finetuning_type: full).",
+            source="peft",
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in list(blocks)[len(blocks) - n :]:
+        for p in block.parameters():
+            p.requires_grad_(True)
+    first, last = len(blocks) - n, len(blocks) - 1
+    return f"{name}.{first}" + (f"-{last}" if last > first else "") + f" of {len(blocks)}"
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total); peft's count when it is a PeftModel (4-bit weights are stored two per byte)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def linear_module_names(model: Any) -> set[str]:
+    import torch
+
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")
+    }
+
+
+def _embeddings_tied(model: Any) -> bool:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out is not None and inp is not None and out.weight is inp.weight
+
+
+def _leaf_name(model: Any, module: Any) -> str | None:
+    if module is None:
+        return None
+    for name, m in model.named_modules():
+        if m is module:
+            return name.rsplit(".", 1)[-1]
+    return None
