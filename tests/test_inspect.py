@@ -84,3 +84,25 @@ def test_json_is_exactly_what_the_trainer_consumes(recipe: Path, capsys) -> None
 def test_bad_recipe_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["inspect", "--model_name_or_path", "m", "--train_data_path", str(tmp_path / "x.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_no_recipe_all_keys_as_overrides(recipe: Path, tiny_model_dir: Path) -> None:
+    data = recipe.parent / "train.jsonl"
+    out = io.StringIO()
+    argv = [
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--train_data_path",
+        str(data),
+        "--num_examples",
+        "1",
+    ]
+    assert inspect_data.run(argv, stdout=out) == 0
+    assert "[[Answer 0.<|im_end|>]]" in out.getvalue()
+
+
+def test_bad_policy_names_the_key(recipe: Path, capsys) -> None:
+    assert main(["inspect", str(recipe), "--train_on", "everything"]) == 2
+    assert (
+        "train_on: 'everything' is not one of all_assistant, last_assistant, all" in capsys.readouterr().err
+    )

@@ -19,17 +19,15 @@ from sftforge.data.preview import highlight
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="sftforge inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "recipe", nargs="?", help="the YAML recipe (optional: keys can all come as overrides)"
-    )
-    parser.add_argument(
         "--num_examples", type=int, default=None, help="examples to show (default 3; all with --json)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per training example on stdout")
     parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
-    args, overrides = parser.parse_known_args(argv)
-    if args.recipe and args.recipe.startswith("--"):  # `inspect --model_name_or_path …` with no recipe
-        overrides.insert(0, args.recipe)
-        args.recipe = None
+    # The recipe is the first word when it is not a flag (as for `sftforge train`): a positional argparse argument
+    # would swallow the value of the first override in `inspect --model_name_or_path M …`.
+    recipe = argv[0] if argv and not argv[0].startswith("-") else None
+    args, overrides = parser.parse_known_args(argv[1:] if recipe else argv)
+    args.recipe = recipe
     return args, overrides
 
 
