@@ -10,6 +10,7 @@ import torch
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import IGNORE_INDEX
 from sftforge.data.packing import best_fit_decreasing, pack_examples, packing_efficiency
+from sftforge.train.token_counter import batch_token_counts
 
 
 def test_bfd_bins_respect_capacity_and_keep_every_item():
@@ -51,12 +52,12 @@ def test_flattening_collator_restarts_positions_and_ignores_first_labels():
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 2, IGNORE_INDEX, 4, 5, IGNORE_INDEX, 7]]
     assert batch["cu_seq_lens_q"].tolist() == [0, 2, 5, 7] and batch["max_length_q"] == 3
-    assert collator.real_fraction == 1.0
+    assert batch_token_counts(batch) == (7, 7, 2 * 2 + 3 * 3 + 2 * 2)
 
 
 def test_padding_collator_counts_padding():
     collator = PaddingCollator(0, 8)
     batch = collator([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4], "labels": [4]}])
     assert batch["input_ids"].shape == (2, 8) and batch["attention_mask"].sum() == 4
-    assert collator.real_fraction == pytest.approx(4 / 16)
+    assert batch_token_counts(batch) == (4, 16, 3 * 3 + 1 * 1)
     assert torch.equal(batch["labels"][1, 1:], torch.full((7,), IGNORE_INDEX))

@@ -104,3 +104,46 @@ def test_plain_sdpa_without_isolation_would_leak(tiny_model_dir):
 def test_varlen_backend_keeps_flash_attention():
     assert packed_attention_backend("flash_attention_2") == "flash_attention_2"
     assert packed_attention_backend("sdpa") == packed_attention_backend("eager") == "sftforge_varlen"
+
+
+def test_plan_buckets_covers_every_sample_once_and_groups_similar_lengths():
+    from sftforge.model.varlen import plan_buckets
+
+    assert plan_buckets([100] * 6) == [[0, 1, 2, 3, 4, 5]]  # equal lengths: one call, no padding
+    lengths = [500, 12, 497, 9, 250, 260, 15]
+    buckets = plan_buckets(lengths)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    assert len(buckets) > 1
+    assert [0, 2] in buckets and [5, 4] in buckets  # the long pair and the middle pair are bucketed apart
+    for b in buckets:  # each bucket is a run of the length-sorted order: longest first
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+
+
+def test_multi_bucket_batch_matches_unpacked_logits_and_gradients(tiny_model_dir):
+    """Lengths far apart force several sdpa calls; logits and parameter gradients still equal the unpacked run
+    (padding slots must contribute no gradient)."""
+    from sftforge.model.varlen import plan_buckets
+
+    model = _model(tiny_model_dir, "sdpa")
+    rng = random.Random(1)
+    lengths = [3, 200, 7, 150, 64, 180, 20]
+    feats = [{"input_ids": (ids := [rng.randint(3, 199) for _ in range(n)]), "labels": ids} for n in lengths]
+    assert len(plan_buckets(lengths)) >= 3
+    batch = FlatteningCollator()(feats)
+    logits = model(**batch).logits[0]
+    packed_loss = sum(_per_sample_losses(model, batch))
+    packed_loss.backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    offset, unpacked_loss = 0, 0.0
+    for f, n in zip(feats, lengths, strict=True):
+        alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+        assert torch.allclose(logits[offset : offset + n], alone, atol=1e-5)
+        ids = torch.tensor(f["input_ids"])
+        unpacked_loss = unpacked_loss + F.cross_entropy(alone[:-1], ids[1:], reduction="sum")
+        offset += n
+    unpacked_loss.backward()
+    assert torch.allclose(packed_loss, unpacked_loss, rtol=1e-5)
+    for name, p in model.named_parameters():
+        scale = p.grad.abs().max()
+        assert (packed_grads[name] - p.grad).abs().max() <= 1e-5 * scale, name  # fp32 summation order

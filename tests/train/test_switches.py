@@ -62,14 +62,46 @@ def test_mfu_logged_when_a_peak_is_known(monkeypatch, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from sftforge.data.collate import FlatteningCollator
+    from sftforge.train.token_counter import TokenCounter
 
     monkeypatch.setenv("SFTFORGE_PEAK_TFLOPS", "1")
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    collator = FlatteningCollator()
-    callback = ThroughputCallback(collator, model)
+    tokens = TokenCounter()
+    callback = ThroughputCallback(tokens, model)
     assert callback.params == dense_params(model) < sum(p.numel() for p in model.parameters())
     callback.on_train_begin(None, None, None)
-    collator([{"input_ids": list(range(3, 40)), "labels": list(range(3, 40))}])
+    tokens.add(FlatteningCollator()([{"input_ids": list(range(3, 40)), "labels": list(range(3, 40))}]))
     logs = {"loss": 1.0}
     callback.annotate(logs)
     assert logs["tokens_per_s"] > 0 and 0 < logs["mfu"] < 1
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("--packing", "true", "--max_length", "64", "--per_device_train_batch_size", "1")],
+    ids=["padding", "packing"],
+)
+def test_token_metrics_count_trained_batches_only_also_with_workers(tmp_path, tiny_model_dir, extra):
+    """Tokens are counted where the batch is trained: not in a DataLoader worker (where they were lost) and not
+    for the batch prefetched after the last of `max_steps` (which was counted though never trained on)."""
+    from sftforge.train.run import build_trainer, prepare_tokenized_data
+    from sftforge.train.token_counter import batch_token_counts
+
+    cfg = _cfg(tmp_path, tiny_model_dir, "--dataloader_num_workers", "1", "--max_steps", "2", *extra)
+    metrics = run_training(cfg)
+    assert metrics["global_step"] == 2
+    # The same two batches, from the same seeded sampler, counted directly.
+    bundle, data = prepare_tokenized_data(cfg)
+    from transformers import AutoModelForCausalLM
+
+    trainer = build_trainer(cfg, bundle, data, AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    batches = [b for _, b in zip(range(2), trainer.get_train_dataloader(), strict=False)]
+    assert len(batches) == 2  # one epoch holds more than max_steps batches
+    real = sum(batch_token_counts(b)[0] for b in batches)
+    total = sum(batch_token_counts(b)[1] for b in batches)
+    assert metrics["seen_tokens"] == real > 0
+    assert metrics["real_token_fraction"] == round(real / total, 4)
+    if extra:
+        assert 0 < metrics["packing_fill"] <= 1
+    else:
+        assert "packing_fill" not in metrics

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,25 +11,7 @@ from sftforge.data.masking import IGNORE_INDEX
 
 
 @dataclass
-class TokenCounter:
-    """Real (non-pad) and total tokens handed to the model: the padding waste a benchmark reports."""
-
-    real_tokens: int = field(default=0, init=False)
-    total_tokens: int = field(default=0, init=False)
-    sum_sq_lengths: int = field(default=0, init=False)  # Σ len² over samples: attention FLOPs for MFU
-
-    def count(self, real: int, total: int, sum_sq: int) -> None:
-        self.real_tokens += real
-        self.total_tokens += total
-        self.sum_sq_lengths += sum_sq
-
-    @property
-    def real_fraction(self) -> float:
-        return self.real_tokens / self.total_tokens if self.total_tokens else 0.0
-
-
-@dataclass
-class PaddingCollator(TokenCounter):
+class PaddingCollator:
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
@@ -39,8 +21,6 @@ class PaddingCollator(TokenCounter):
             m = self.pad_to_multiple_of
             longest = (longest + m - 1) // m * m
         batch = len(features)
-        lengths = [len(f["input_ids"]) for f in features]
-        self.count(sum(lengths), batch * longest, sum(n * n for n in lengths))
         input_ids = torch.full((batch, longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, longest), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((batch, longest), dtype=torch.long)
@@ -53,7 +33,7 @@ class PaddingCollator(TokenCounter):
 
 
 @dataclass
-class FlatteningCollator(TokenCounter):
+class FlatteningCollator:
     """Padding-free batches: every sample of the batch (packed rows carry `seq_lens`) goes into one row of shape
     (1, total_tokens) with position ids restarting per sample and the boundaries as `cu_seq_lens_q/k`, which
     FlashAttention-2's varlen kernel and `sftforge_varlen` use to keep samples apart.
@@ -76,7 +56,6 @@ class FlatteningCollator(TokenCounter):
                 positions += range(n)
                 lengths.append(n)
                 offset += n
-        self.count(len(ids), len(ids), sum(n * n for n in lengths))
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), dim=0)
         longest = max(lengths)

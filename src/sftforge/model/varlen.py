@@ -3,8 +3,14 @@
 FlashAttention-2 has a varlen kernel that takes the sample boundaries (`cu_seq_lens_q/k`); transformers passes them
 through when the batch carries them. sdpa and eager have no such kernel: the packed row would be one causal
 sequence in which samples attend to earlier samples (measured here: logits differ by 0.68 from the unpacked run
-with sdpa + restarted position ids alone). `sftforge_varlen` runs PyTorch sdpa once per sample instead — exact
-isolation and no work spent across samples — and is used automatically for packing on sdpa/eager.
+with sdpa + restarted position ids alone). `sftforge_varlen` keeps samples apart with plain PyTorch sdpa and is
+used automatically for packing on sdpa/eager:
+
+- the samples are sorted by length and cut into buckets of similar length (`plan_buckets`);
+- each bucket is gathered into a right-padded (samples × longest-in-bucket) batch and attended in one causal sdpa
+  call. A real query at position t sees only keys ≤ t of its own sample, so the padding after a sample is never
+  seen and no work is spent across samples; the bucketing keeps the padding work small (one grid for the whole
+  batch cost 12% more fwd+bwd than the raw limit on alpaca, buckets 4%: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,20 +22,73 @@ import torch.nn.functional as F
 
 VARLEN = "sftforge_varlen"
 
+# Cost model for `plan_buckets`, in units of one (query, key) pair of attention work: every extra sdpa call costs
+# about as much as BUCKET_CALL_COST pairs (Python + kernel launch, forward and backward; tuned on the 2-core CPU
+# with the benchmark model), and each padded row of length m costs m² + LINEAR_COST·m (the gathers and the output).
+BUCKET_CALL_COST = 20_000
+LINEAR_COST = 64
 
-def _layout(cu: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """For sample boundaries `cu`, the slot of every token in a (samples × longest) grid, the sample count and the
-    longest length. Cached on the tensor: every layer of a forward pass reuses it."""
+
+def plan_buckets(lengths: list[int]) -> list[list[int]]:
+    """Group samples (indices into `lengths`) into buckets that minimise padded attention work + per-call cost.
+
+    Sorted by length, the optimal buckets are contiguous runs, so an O(n²) dynamic programme finds them exactly
+    (n = samples in one batch: tens)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    longest = [lengths[i] for i in order]
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cheapest cost for the j longest samples
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            m = longest[i]  # the bucket order[i:j] pads to its first (longest) sample
+            cost = best[i] + BUCKET_CALL_COST + (j - i) * (m * m + LINEAR_COST * m)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets: list[list[int]] = []
+    j = n
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    return buckets[::-1]
+
+
+Bucket = tuple[torch.Tensor, int, int]  # (token index of every grid slot, samples, longest)
+
+
+def _layout(cu: torch.Tensor) -> tuple[list[Bucket], torch.Tensor]:
+    """For sample boundaries `cu`: per bucket, the token that fills each slot of its (samples × longest) grid
+    (padding slots repeat the sample's first token: finite, never attended by a real query, gradient zero), and
+    for every token its slot in the concatenated grids. Cached on the tensor: every layer reuses it."""
     cached = getattr(cu, "_sftforge_layout", None)
     if cached is not None:
         return cached
-    lengths = (cu[1:] - cu[:-1]).long()
-    longest = int(lengths.max())
-    sample = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    offset = torch.arange(int(cu[-1])) - cu[:-1].long()[sample]
-    layout = (sample * longest + offset, len(lengths), longest)
+    starts = cu[:-1].tolist()
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    buckets: list[Bucket] = []
+    slot_of_token = torch.empty(int(cu[-1]), dtype=torch.long)
+    base = 0
+    for members in plan_buckets(lengths):
+        longest = lengths[members[0]]
+        gather = torch.empty(len(members) * longest, dtype=torch.long)
+        for row, s in enumerate(members):
+            start, n = starts[s], lengths[s]
+            tokens = torch.arange(start, start + n)
+            gather[row * longest : row * longest + n] = tokens
+            gather[row * longest + n : (row + 1) * longest] = start
+            slot_of_token[start : start + n] = torch.arange(base + row * longest, base + row * longest + n)
+        buckets.append((gather, len(members), longest))
+        base += len(members) * longest
+    layout = (buckets, slot_of_token)
     cu._sftforge_layout = layout  # type: ignore[attr-defined]
     return layout
+
+
+def _to_grid(x: torch.Tensor, bucket: Bucket) -> torch.Tensor:
+    """(1, heads, total, dim) → (samples, heads, longest, dim) for one bucket."""
+    gather, samples, longest = bucket
+    heads, dim = x.shape[1], x.shape[3]
+    return x[0].index_select(1, gather).view(heads, samples, longest, dim).transpose(0, 1)
 
 
 def varlen_sdpa_attention(
@@ -42,36 +101,28 @@ def varlen_sdpa_attention(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """query (1, heads, total, dim), key/value (1, kv_heads, total, dim) → (1, total, heads, dim).
-
-    The samples are laid out as a (samples × longest) batch, right-padded, and attended in ONE causal sdpa call:
-    a real query at position t only sees keys ≤ t of its own sample, so the padding after each sample is never
-    seen, and no work is spent across samples."""
+    """query (1, heads, total, dim), key/value (1, kv_heads, total, dim) → (1, total, heads, dim)."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:  # an unpacked call (e.g. generation after training): plain causal sdpa
         cu = torch.tensor([0, query.shape[2]], dtype=torch.int32)
     if query.shape[0] != 1:
         raise ValueError("sftforge_varlen expects a flattened batch of shape (1, total_tokens)")
-    slots, samples, longest = _layout(cu)
+    buckets, slot_of_token = _layout(cu)
     groups = query.shape[1] // key.shape[1]
-
-    def to_grid(x: torch.Tensor) -> torch.Tensor:  # (1, h, total, d) → (samples, h, longest, d)
-        heads, dim = x.shape[1], x.shape[3]
-        grid = x.new_zeros(heads, samples * longest, dim).index_copy(1, slots, x[0])
-        return grid.view(heads, samples, longest, dim).transpose(0, 1)
-
-    out = F.scaled_dot_product_attention(
-        to_grid(query),
-        to_grid(key),
-        to_grid(value),
-        is_causal=True,
-        scale=scaling,
-        dropout_p=dropout if module.training else 0.0,
-        enable_gqa=groups > 1,
-    )  # (samples, heads, longest, dim)
-    heads, dim = out.shape[1], out.shape[3]
-    flat = out.transpose(0, 1).reshape(heads, samples * longest, dim).index_select(1, slots)
-    return flat.transpose(0, 1).unsqueeze(0).contiguous(), None
+    outputs = []
+    for bucket in buckets:
+        out = F.scaled_dot_product_attention(
+            _to_grid(query, bucket),
+            _to_grid(key, bucket),
+            _to_grid(value, bucket),
+            is_causal=True,
+            scale=scaling,
+            dropout_p=dropout if module.training else 0.0,
+            enable_gqa=groups > 1,
+        )  # (samples, heads, longest, dim)
+        outputs.append(out.transpose(0, 1).reshape(out.shape[1], -1, out.shape[3]))
+    grids = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    return grids.index_select(1, slot_of_token).transpose(0, 1).unsqueeze(0).contiguous(), None
 
 
 def register_varlen_attention() -> str:

@@ -47,7 +47,7 @@ class ThroughputCallback(TrainerCallback):
     the callback part only marks the start of training."""
 
     def __init__(self, counter: Any, model: Any, world_size: int = 1) -> None:
-        self.counter = counter  # the collator: counts real tokens and Σ len² as it builds batches
+        self.counter = counter  # a TokenCounter: real tokens and Σ len² of the trained batches
         self.params = dense_params(model)
         config = model.config
         self.layers = getattr(config, "num_hidden_layers", 0)

@@ -12,7 +12,7 @@ from typing import Any
 from sftforge.config import SFTConfig, dump_config
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
-from sftforge.data.packing import pack_examples
+from sftforge.data.packing import pack_examples, packing_efficiency
 from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
@@ -73,13 +73,16 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
     train = [e.as_features() for e in data.train]
     evaluation = [e.as_features() for e in data.eval] or None
+    packing_s, fill = 0.0, None
     if cfg.data.packing:
+        started = time.perf_counter()
         train = pack_examples(train, cfg.data.max_length)
+        packing_s, fill = time.perf_counter() - started, packing_efficiency(train, cfg.data.max_length)
         model.set_attn_implementation(packed_attention_backend(cfg.model.attn_implementation))
         collator: Any = FlatteningCollator()
     else:
         collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=cfg.training,
         train_dataset=train,
@@ -87,6 +90,8 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    trainer.packing_s, trainer.packing_fill = packing_s, fill  # reported with the preprocessing figures
+    return trainer
 
 
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
@@ -100,24 +105,24 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     model, peft_notes = apply_finetuning(model, cfg.peft, bundle.tokenizer, ckpt)  # lora / qlora / freeze
     cfg.notes.extend(peft_notes)
     trainer = build_trainer(cfg, bundle, data, model)
-    trainer.throughput = ThroughputCallback(
-        trainer.data_collator, model, int(os.environ.get("WORLD_SIZE", "1"))
-    )
+    trainer.throughput = ThroughputCallback(trainer.tokens, model, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(trainer.throughput)
     if _is_main_process():
         dump_config(cfg, out / "sftforge_config.yaml")
         print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
-    collator = trainer.data_collator
+    tokens = trainer.tokens
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
     metrics["trainable_params"], metrics["total_params"] = count_parameters(model)
-    metrics["prep_s"] = round(prep_s, 3)
+    metrics["prep_s"] = round(prep_s + trainer.packing_s, 3)  # read + tokenize (or cache load) + pack
     metrics["train_s"] = round(time.time() - train_started, 3)
-    metrics["seen_tokens"] = collator.real_tokens  # real tokens fed (training batches only, pads excluded)
-    metrics["real_token_fraction"] = round(collator.real_fraction, 4)
-    metrics["tokens_per_s"] = round(collator.real_tokens / max(metrics["train_s"], 1e-9), 1)
+    metrics["seen_tokens"] = tokens.real_tokens  # real tokens trained on (pads excluded; this process)
+    metrics["real_token_fraction"] = round(tokens.real_fraction, 4)
+    metrics["tokens_per_s"] = round(tokens.real_tokens / max(metrics["train_s"], 1e-9), 1)
+    if trainer.packing_fill is not None:  # real tokens / (packed rows × max_length)
+        metrics["packing_fill"] = round(trainer.packing_fill, 4)
     metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)
     metrics["train_loss_last"] = next(
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None

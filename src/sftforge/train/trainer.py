@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
 from transformers import Trainer
 
+from sftforge.train.token_counter import TokenCounter
+
 
 class SFTTrainer(Trainer):
-    """Adds perplexity next to every eval loss, and keeps evaluation batches out of the training token counts;
-    everything else is the stock Trainer."""
+    """Counts the tokens of every trained micro-batch and adds perplexity next to every eval loss; everything else
+    is the stock Trainer."""
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        train_collator = self.data_collator
-        self.data_collator = copy.copy(
-            train_collator
-        )  # eval batches count on a copy, not as training throughput
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.data_collator = train_collator
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokens = TokenCounter()  # training batches only: evaluation never passes through training_step
 
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self.tokens.add(inputs)
+        return super().training_step(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.throughput is not None:
