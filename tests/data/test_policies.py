@@ -176,3 +176,20 @@ def test_policy_keys_reach_training_through_the_recipe(
     ex = prepared.train[0]
     trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels, strict=True) if lab != IGNORE_INDEX])
     assert trained == "A2" + IM_END
+
+
+def test_sentinel_render_is_made_only_when_needed(tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows whose turns the prefix diff places skip the third render (content sentinels); per-message flags and
+    templates that rewrite content still get it, and with it the check that no user content is trained."""
+    import sftforge.data.spans as spans
+
+    calls = []
+    real = spans.locate_contents
+    monkeypatch.setattr(spans, "locate_contents", lambda *a: calls.append(1) or real(*a))
+    assert trained_runs(tok, encode(tok, conv(*MULTI))) == ["A1" + IM_END, "A2" + IM_END]
+    assert calls == []
+    flagged = conv(
+        ("user", "Q1"), ("assistant", "A1"), Message("user", "KEEP", train=True), ("assistant", "A2")
+    )
+    assert "KEEP" in "".join(trained_runs(tok, encode(tok, flagged)))
+    assert calls == [1]

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -220,8 +221,8 @@ def _arrays(split: Split) -> dict[str, np.ndarray]:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
-    ids = np.fromiter((t for seq in split.input_ids for t in seq), dtype=np.int32, count=total)
-    labels = np.fromiter((t for seq in split.labels for t in seq), dtype=np.int32, count=total)
+    ids = np.fromiter(chain.from_iterable(split.input_ids), dtype=np.int32, count=total)
+    labels = np.fromiter(chain.from_iterable(split.labels), dtype=np.int32, count=total)
     return {"ids": ids, "labels": labels, "offsets": offsets}
 
 

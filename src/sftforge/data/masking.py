@@ -35,19 +35,19 @@ class Tokenized:
 
     @property
     def num_trained(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 def trained_char_spans(
     conv: Conversation, rendered: RenderedConversation, options: MaskOptions
 ) -> list[tuple]:
     """The character ranges to train, after the policy and the per-message `train` flags."""
-    text, turns, contents = rendered.text, rendered.turns, rendered.contents
+    text, turns = rendered.text, rendered.turns
     flagged_off = [i for i, m in enumerate(conv.messages) if m.train is False]
     if options.train_on == "all":
         spans = [(0, len(text))]
         for i in flagged_off:  # an explicit `train: false` / `loss_weight: 0` still wins
-            span = _turn_or_content(i, turns, contents)
+            span = _turn_or_content(i, turns, rendered.contents)
             if span is None:
                 raise RowError(
                     "cannot_locate_message", f"turn {i} is marked not to train but cannot be located"
@@ -65,10 +65,10 @@ def trained_char_spans(
         spans.append((start, turn.end))
     for i, message in enumerate(conv.messages):  # `loss_weight: 1` / `train: true` on a non-assistant message
         if message.role != "assistant" and message.train is True:
-            if i not in contents:
+            if i not in rendered.contents:
                 raise RowError("cannot_locate_message", f"turn {i} ({message.role}) is marked to train but the "
                                "template does not render its content verbatim")  # fmt: skip
-            spans.append(contents[i])
+            spans.append(rendered.contents[i])
     return _merge(spans)
 
 
@@ -210,16 +210,12 @@ def verify_spans(
                 "(e.g. chat_template: default) or drop tool rows",
             )
         content = conv.messages[i].content
-        located = rendered.contents.get(i)
-        inside = (
-            (turn.start <= located[0] and located[1] <= turn.end)
-            if located
-            else content.strip() in text[turn.start : turn.end]
-        )
-        if content and not inside:
+        if content and not _holds_content(rendered, i, turn, content):
             raise RowError(
                 "mask_mismatch", f"turn {i} (assistant): the trained span does not hold its content"
             )
+    if rendered.placed_by_prefix_only and all(m.train is not True for m in conv.messages):
+        return  # trained spans are whole prefix-diff turns: no other message's content can lie inside
     for k, (start, end) in rendered.contents.items():
         message = conv.messages[k]
         if message.role == "assistant" or message.train is True or end <= start:
@@ -229,6 +225,17 @@ def verify_spans(
                 "mask_mismatch",
                 f"turn {k} ({message.role}): part of its content would be trained; refusing the row",
             )
+
+
+def _holds_content(rendered: RenderedConversation, i: int, turn: Any, content: str) -> bool:
+    """The turn's span holds its content: verbatim (cheap, and enough for most rows), else where the sentinel
+    render located it (a template that splits or rewrites the content, e.g. inline <think> blocks)."""
+    if rendered.placed_by_prefix_only and content.strip() in rendered.text[turn.start : turn.end]:
+        return True
+    located = rendered.contents.get(i)
+    if located:
+        return turn.start <= located[0] and located[1] <= turn.end
+    return content.strip() in rendered.text[turn.start : turn.end]
 
 
 def _verify_decode(tokenizer: Any, plan: Plan, got: str) -> RowError | None:

@@ -121,7 +121,7 @@ def build_examples(
             stats.methods[tok.method] += 1
             stats.truncated += int(tok.truncated)
             stats.tokens += len(example.input_ids)
-            stats.trained_tokens += sum(label != -100 for label in example.labels)
+            stats.trained_tokens += len(example.labels) - example.labels.count(-100)
     finally:
         batches.close()
     return examples, stats

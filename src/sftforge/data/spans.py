@@ -19,6 +19,7 @@ a system, user or tool message may be trained.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,22 @@ class TurnSpan:
 class RenderedConversation:
     text: str
     turns: dict[int, TurnSpan]  # assistant message index → its span
-    contents: dict[int, tuple[int, int]] = field(default_factory=dict)  # message index → content span
+    # Message index → content span, from the sentinel render: made on first use, because rows whose turns the
+    # prefix diff placed need it only for `train_on: all` or per-message train flags (one render in three saved).
+    locate: Callable[[], dict[int, tuple[int, int]]] | None = None
+    _contents: dict[int, tuple[int, int]] | None = field(default=None, repr=False)
+
+    @property
+    def contents(self) -> dict[int, tuple[int, int]]:
+        if self._contents is None:
+            self._contents = self.locate() if self.locate is not None else {}
+        return self._contents
+
+    @property
+    def placed_by_prefix_only(self) -> bool:
+        """Every turn placed by the prefix diff: then each trained turn lies after the exact render of all
+        earlier messages and before any later one, so no other message's content can be inside it."""
+        return all(t.method == "prefix" for t in self.turns.values())
 
     @property
     def methods(self) -> set[str]:
@@ -76,7 +92,7 @@ def render_conversation(conv: Conversation, tokenizer: Any, info: TemplateInfo) 
         messages = split_inline_reasoning(messages)
     render = make_renderer(tokenizer, info.text, conv.tools)
     text = render(messages, False)
-    contents = locate_contents(messages, render, text)
+    rendered = RenderedConversation(text, {}, lambda: locate_contents(messages, render, text))
     assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if assistants and assistants[0] == 0:
         raise RowError(
@@ -88,7 +104,7 @@ def render_conversation(conv: Conversation, tokenizer: Any, info: TemplateInfo) 
         span = (
             marked.get(i)
             or _prefix_span(messages, render, text, i, info)
-            or _sentinel_span(text, contents, i, info)
+            or _sentinel_span(text, rendered.contents, i, info)
         )
         if span is None:
             raise RowError(
@@ -97,7 +113,8 @@ def render_conversation(conv: Conversation, tokenizer: Any, info: TemplateInfo) 
                 "content could not be located by markers either (the template transforms the content)",
             )
         turns[i] = span
-    return RenderedConversation(text, turns, contents)
+    rendered.turns = turns
+    return rendered
 
 
 # ---------------------------------------------------------------- content positions (sentinels)
