@@ -120,6 +120,13 @@ class DataArguments:
             choices=("error", "skip"),
         ),
     )
+    max_bad_row_fraction: float = field(
+        default=0.1,
+        metadata=_help(
+            "With on_bad_rows: skip, stop when more than this fraction of the rows read is unusable (a wrong "
+            "format or path usually makes most rows bad; 1.0 never stops)."
+        ),
+    )
     preprocessing_cache: bool = field(
         default=True,
         metadata=_help(
@@ -146,6 +153,32 @@ class SFTTrainingArguments(TrainingArguments):
         default=False, metadata=_help("Allow writing into an output_dir that already holds a trained model.")
     )
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata=_help(
+            "Continue a run: 'auto' (or true) takes the newest complete checkpoint in output_dir (and starts fresh "
+            "when there is none); a path takes that checkpoint, which must be complete."
+        ),
+    )
+    ignore_resume_mismatch: bool = field(
+        default=False,
+        metadata=_help(
+            "Resume even when the model, data, max_length, packing, seed or batch size differ from the "
+            "checkpoint's run (the data order and position are then no longer the interrupted run's)."
+        ),
+    )
+    nan_policy: str = field(
+        default="stop",
+        metadata=_help(
+            "A NaN/Inf loss or gradient norm: 'stop' ends the run before the optimizer step (the last good "
+            "checkpoint stays as it is); 'skip' skips that optimizer step and stops after max_skipped_steps in "
+            "a row.",
+            choices=("stop", "skip"),
+        ),
+    )
+    max_skipped_steps: int = field(
+        default=3, metadata=_help("With nan_policy: skip, stop after this many non-finite steps in a row.")
+    )
     # We tokenize ourselves and keep only model inputs, so the Trainer must not drop columns by signature.
     remove_unused_columns: bool = field(
         default=False, metadata=_help("Keep False: sftforge prepares the columns.")

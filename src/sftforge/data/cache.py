@@ -103,6 +103,19 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def data_digest(data: Any) -> str:
+    """SHA-256 of the training data itself (file contents and paths, or the dataset's name/config/split): what a
+    resumed run must share with the interrupted one for the data position to mean the same examples."""
+    from sftforge.data.readers import resolve_data_files
+
+    inputs = (
+        _files_digest(resolve_data_files(list(data.train_data_path)))
+        if data.train_data_path
+        else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
+    )
+    return hashlib.sha256(json.dumps([inputs, data.max_samples], default=str).encode()).hexdigest()
+
+
 def tokenizer_digest(tokenizer: Any) -> str:
     """The tokenizer's full definition (vocabulary, merges, added tokens, normalizer, pre-tokenizer) + its specials."""
     h = hashlib.sha256()

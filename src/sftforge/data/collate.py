@@ -29,7 +29,12 @@ class PaddingCollator:
             input_ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
             labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        return {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            **_sources(features),
+        }
 
 
 @dataclass
@@ -67,4 +72,13 @@ class FlatteningCollator:
             "cu_seq_lens_k": cu,
             "max_length_q": longest,
             "max_length_k": longest,
+            **_sources(features),
         }
+
+
+def _sources(features: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The examples' `file:line` ids, when the features carry them: SFTTrainer takes them out of the batch before
+    the model sees it and names them if the step's loss turns out NaN/Inf."""
+    if "sources" not in features[0]:
+        return {}
+    return {"sources": [s for f in features for s in f["sources"]]}

@@ -43,6 +43,11 @@ def pack_examples(features: Sequence[dict[str, Any]], capacity: int) -> list[dic
                 "input_ids": [t for i in members for t in features[i]["input_ids"]],
                 "labels": [t for i in members for t in features[i]["labels"]],
                 "seq_lens": [len(features[i]["input_ids"]) for i in members],
+                **(
+                    {"sources": [s for i in members for s in features[i]["sources"]]}
+                    if "sources" in features[members[0]]
+                    else {}
+                ),
             }
         )
     rows.sort(key=lambda r: -len(r["input_ids"]))  # fullest bins first; the sampler shuffles anyway

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import set_seed
+
 from sftforge.config import SFTConfig, dump_config
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
@@ -23,6 +25,7 @@ from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
+from sftforge.train.resume import OFF, resolve_resume, run_identity
 from sftforge.train.summary import print_final_summary, print_startup_summary
 from sftforge.train.trainer import SFTTrainer
 
@@ -39,10 +42,12 @@ def check_output_dir(cfg: SFTConfig) -> Path:
         or (out / "adapter_config.json").exists()
         or any(out.glob("checkpoint-*"))
     )
-    if finished and not cfg.training.overwrite_output_dir and not cfg.training.resume_from_checkpoint:
+    resuming = str(cfg.training.resume_from_checkpoint or "").strip().lower() not in OFF
+    if finished and not cfg.training.overwrite_output_dir and not resuming:
         raise ConfigError(
-            f"output_dir: {str(out)!r} already holds a trained model or checkpoints. Use a new output_dir, "
-            "add --overwrite_output_dir true to replace it, or --resume_from_checkpoint PATH to continue.",
+            f"output_dir: {str(out)!r} already holds a trained model or checkpoints. Continue the run with "
+            "--resume_from_checkpoint auto (the newest complete checkpoint), use a new output_dir, or add "
+            "--overwrite_output_dir true to start over (its checkpoints are deleted).",
             "output_dir",
         )
     try:
@@ -71,7 +76,7 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 
 
 def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
-    train = [e.as_features() for e in data.train]
+    train = [{**e.as_features(), "sources": [e.source]} for e in data.train]
     evaluation = [e.as_features() for e in data.eval] or None
     packing_s, fill = 0.0, None
     if cfg.data.packing:
@@ -97,14 +102,25 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
+    identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+    resume = resolve_resume(cfg, out, identity)
     bundle, data = prepare_tokenized_data(cfg)
     prep_s = time.time() - started
     args = cfg.training
     ckpt = bool(args.activation_checkpointing)
+    # Seed before anything random is initialised (LoRA matrices, resized embeddings): otherwise their values
+    # depend on what consumed the RNG earlier (e.g. a cache hit or miss), and a rerun or a killed-then-resumed
+    # run would not start from the same adapter as the original one.
+    set_seed(args.seed)
     model = load_model(cfg.model, ckpt, quantization_config(cfg.peft))
     model, peft_notes = apply_finetuning(model, cfg.peft, bundle.tokenizer, ckpt)  # lora / qlora / freeze
     cfg.notes.extend(peft_notes)
     trainer = build_trainer(cfg, bundle, data, model)
+    trainer.run_identity = identity
+    if os.environ.get("SFTFORGE_FAULT"):  # the reliability tests' fault injection, never set in normal use
+        from sftforge.testing import faults
+
+        faults.install(trainer, os.environ["SFTFORGE_FAULT"])
     trainer.throughput = ThroughputCallback(trainer.tokens, model, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(trainer.throughput)
     if _is_main_process():
@@ -112,7 +128,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
     tokens = trainer.tokens
     train_started = time.time()
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint or None)
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
     metrics["trainable_params"], metrics["total_params"] = count_parameters(model)

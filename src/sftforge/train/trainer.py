@@ -1,28 +1,143 @@
-"""The one Trainer subclass. The loop, optimizer, schedulers, checkpointing and distribution are transformers'."""
+"""The one Trainer subclass. The loop, optimizer, schedulers, checkpoint contents and distribution are
+transformers'; this adds what they lack: committed checkpoints, safe rotation, a non-finite guard, token counts."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from transformers import Trainer
 
+from sftforge.errors import SftforgeError
+from sftforge.train import checkpoints
+from sftforge.train.guards import NonFiniteGuard
 from sftforge.train.token_counter import TokenCounter
 
 
-class SFTTrainer(Trainer):
-    """Counts the tokens of every trained micro-batch and adds perplexity next to every eval loss; everything else
-    is the stock Trainer."""
+class CheckpointSaveError(SftforgeError):
+    exit_code = 1
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+class SFTTrainer(Trainer):
+    """Counts the tokens of every trained micro-batch, guards every optimizer step against NaN/Inf, commits
+    every checkpoint with a marker, and adds perplexity next to every eval loss."""
+
+    def __init__(self, *args: Any, run_identity: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tokens = TokenCounter()  # training batches only: evaluation never passes through training_step
+        self.run_identity = run_identity or {}  # recorded in each checkpoint's marker for the drift check
+        self.guard = NonFiniteGuard(
+            getattr(self.args, "nan_policy", "stop"), getattr(self.args, "max_skipped_steps", 3)
+        )
+        self.rotation_limit: int | None = self.args.save_total_limit
 
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
+    fault_point: Any = staticmethod(lambda phase: None)  # the reliability tests' hook (testing/faults.py)
+
+    # ------------------------------------------------------------------ training steps
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        # Rotation runs in _save_checkpoint, after the commit marker. The stock one would delete before the new
+        # checkpoint is complete, and with save_total_limit=1 it deletes the newest checkpoint at the end of
+        # training when another one is the best (transformers#25129, #11748).
+        self.rotation_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = self.rotation_limit
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        sources = inputs.pop("sources", None)
         self.tokens.add(inputs)
-        return super().training_step(model, inputs, *args, **kwargs)
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        self.guard.observe_micro_batch(loss.detach(), sources)
+        return loss
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        inputs.pop("sources", None)
+        return super().prediction_step(model, inputs, *args, **kwargs)
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        # The last thing the Trainer computes before optimizer.step(): the guard decides here.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self._guard_optimizer_step()
+        self.guard.before_optimizer_step(self.state.global_step + 1, grad_norm, self.args.process_index)
+        return grad_norm
+
+    def _guard_optimizer_step(self) -> None:
+        """Make the optimizer's step a no-op while the guard says to skip (nan_policy: skip)."""
+        optimizer = self.optimizer
+        if getattr(optimizer, "_sftforge_guarded", False):
+            return
+        step = optimizer.step
+
+        def guarded_step(*args: Any, **kwargs: Any) -> Any:
+            if self.guard.skip_this_step:
+                return None
+            return step(*args, **kwargs)
+
+        optimizer.step = guarded_step
+        optimizer._sftforge_guarded = True
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and checkpoints.remove_incomplete(folder):
+            print(f"sftforge: removed {folder.name}, left incomplete by an interrupted save", flush=True)
+        self.accelerator.wait_for_everyone()
+        try:
+            super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's files (RNG states, ZeRO shards) are written
+            if self.args.should_save:
+                self.fault_point("before_marker")
+                checkpoints.commit(folder, self.run_identity, self._data_position())
+        except OSError as e:
+            raise self._save_failed(folder, e) from None
+        if self.args.should_save:
+            for gone in checkpoints.rotate(
+                folder.parent, self.rotation_limit, self.state.best_model_checkpoint
+            ):
+                print(f"sftforge: deleted {gone.name} (save_total_limit={self.rotation_limit})", flush=True)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if _internal_call:
+            self.fault_point("after_model")
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        self.fault_point("after_optimizer")
+
+    def _data_position(self) -> dict[str, Any]:
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return {
+            "global_step": self.state.global_step,
+            "epoch": self.state.epoch,
+            "samples_seen": self.state.global_step * global_batch,
+            "skipped_non_finite_steps": self.guard.skipped_total,
+        }
+
+    def _save_failed(self, folder: Path, error: OSError) -> CheckpointSaveError:
+        import shutil
+
+        if self.args.should_save:
+            shutil.rmtree(folder, ignore_errors=True)
+        previous, _ = checkpoints.newest_complete(folder.parent)
+        kept = (
+            f"The newest complete checkpoint, {previous.name}, is intact."
+            if previous
+            else "There is no earlier complete checkpoint."
+        )
+        return CheckpointSaveError(
+            f"saving {folder.name} failed: {error.strerror or error} ({error.filename or folder}). The partial "
+            f"folder was removed. {kept} Free space or fix permissions in {folder.parent}, then continue with "
+            "--resume_from_checkpoint auto."
+        )
+
+    # ------------------------------------------------------------------ logging
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.throughput is not None:
