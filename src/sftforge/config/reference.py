@@ -36,6 +36,9 @@ COMMON_TRAINING_KEYS = (
     "activation_checkpointing_kwargs",
     "report_to",
     "resume_from_checkpoint",
+    "ignore_resume_mismatch",
+    "nan_policy",
+    "max_skipped_steps",
     "push_to_hub",
     "hub_model_id",
 )
