@@ -19,7 +19,13 @@ import yaml
 
 from sftforge.config.coerce import coerce_value, field_type, scalar_from_text
 from sftforge.config.peft_args import PeftArguments
-from sftforge.config.schema import SECTIONS, DataArguments, ModelArguments, SFTTrainingArguments
+from sftforge.config.schema import (
+    SECTIONS,
+    DataArguments,
+    LaunchArguments,
+    ModelArguments,
+    SFTTrainingArguments,
+)
 from sftforge.errors import ConfigError
 
 # Familiar names from TRL / LLaMA-Factory / older transformers → our canonical names.
@@ -58,6 +64,7 @@ class SFTConfig:
     auto_resolved: dict[str, Any] = field(default_factory=dict)
     recipe_path: str | None = None
     peft: PeftArguments = field(default_factory=PeftArguments)  # full fine-tuning unless the recipe says
+    launch: LaunchArguments = field(default_factory=LaunchArguments)  # how to start the processes (launch.py)
 
 
 def _field_table() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -229,6 +236,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
         auto_resolved=auto,
         recipe_path=str(recipe or ""),
         peft=PeftArguments(**per_section["peft"]),
+        launch=LaunchArguments(**per_section["launch"]),
     )
 
 

@@ -185,9 +185,31 @@ class SFTTrainingArguments(TrainingArguments):
     )
 
 
+@dataclass
+class LaunchArguments:
+    """Multi-process launch through accelerate itself (`sftforge train` re-runs itself under `accelerate launch`).
+    Not needed when you start sftforge with `accelerate launch`, `torchrun` or `deepspeed` yourself."""
+
+    accelerate_config: str | None = field(
+        default=None,
+        metadata=_help(
+            "Launch through `accelerate launch` with this config: ddp, zero2, zero3, zero3_offload, fsdp2 "
+            "(configs/accelerate/NAME.yaml) or a path to an accelerate config file."
+        ),
+    )
+    num_processes: int | None = field(
+        default=None, metadata=_help("Processes (GPUs) in all, across machines; default: the config's value.")
+    )
+    num_machines: int | None = field(default=None, metadata=_help("Machines (nodes) in a multi-node run."))
+    machine_rank: int | None = field(default=None, metadata=_help("This machine's rank, 0 … num_machines-1."))
+    main_process_ip: str | None = field(default=None, metadata=_help("Address of the rank-0 machine."))
+    main_process_port: int | None = field(default=None, metadata=_help("Port on the rank-0 machine."))
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
     "peft": PeftArguments,
     "training": SFTTrainingArguments,
+    "launch": LaunchArguments,
 }

@@ -3,6 +3,7 @@ before any work starts, so a wrong resume fails in a second, not after preproces
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,13 @@ def resolve_resume(cfg: SFTConfig, out: Path, identity: dict[str, Any]) -> str |
     value = cfg.training.resume_from_checkpoint
     text = str(value).strip() if value is not None else ""
     if text.lower() in OFF:
-        if cfg.training.overwrite_output_dir:
+        if cfg.training.overwrite_output_dir and _is_main_process():
             _clear_old_checkpoints(out)
         return None
     if text.lower() in AUTO:
         found, skipped = checkpoints.newest_complete(out)
         for s in skipped:
-            print(f"sftforge: warning: not resuming from {s.describe()}", flush=True)
+            _say(f"warning: not resuming from {s.describe()}")
         if found is None:
             if skipped:
                 raise ConfigError(
@@ -53,7 +54,7 @@ def resolve_resume(cfg: SFTConfig, out: Path, identity: dict[str, Any]) -> str |
                     "--overwrite_output_dir true (it deletes them).",
                     "resume_from_checkpoint",
                 )
-            print(f"sftforge: no checkpoint in {out} yet: starting from the beginning", flush=True)
+            _say(f"no checkpoint in {out} yet: starting from the beginning")
             return None
         folder = found
     else:
@@ -72,8 +73,17 @@ def resolve_resume(cfg: SFTConfig, out: Path, identity: dict[str, Any]) -> str |
                 "resume_from_checkpoint",
             )
     _check_drift(folder, identity, cfg.training.ignore_resume_mismatch)
-    print(f"sftforge: resuming from {folder}", flush=True)
+    _say(f"resuming from {folder}")
     return str(folder)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _say(text: str) -> None:
+    if _is_main_process():
+        print(f"sftforge: {text}", flush=True)
 
 
 def _check_drift(folder: Path, identity: dict[str, Any], ignore: bool) -> None:

@@ -1,0 +1,104 @@
+"""`sftforge train … --accelerate_config zero3 --num_processes 8`: run the same command under `accelerate launch`.
+
+sftforge never starts processes or sets up communication itself. It builds the `accelerate launch` command line
+(the config file, the process and machine flags) and runs it. Each launched process then runs
+`python -m sftforge train` with the same recipe and overrides, minus the launch keys. Inside a launched process
+(WORLD_SIZE is set by accelerate, torchrun or deepspeed) no second launch happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftforge.errors import ConfigError
+
+NAMED = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
+LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
+               "main_process_port")  # fmt: skip
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, for an editable install
+
+
+def inside_launched_process() -> bool:
+    return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def config_dirs() -> list[Path]:
+    return [Path.cwd() / "configs", SOURCE_ROOT / "configs"]
+
+
+def resolve_accelerate_config(value: str) -> Path:
+    """A path as given, or a shipped name (ddp, zero2, zero3, zero3_offload, fsdp2)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for root in config_dirs():
+        candidate = root / "accelerate" / f"{value}.yaml"
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(
+        f"accelerate_config: {value!r} is neither a file nor one of the shipped configs ({', '.join(NAMED)}; "
+        f"looked in {' and '.join(str(d / 'accelerate') for d in config_dirs())}).",
+        "accelerate_config",
+    )
+
+
+def with_absolute_paths(config: Path) -> Path:
+    """A copy of an accelerate config whose DeepSpeed JSON path is absolute, so the launch works from any folder.
+    Relative JSON paths are looked up beside the config's `configs/` folder, then from the current folder."""
+    doc: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    ds = doc.get("deepspeed_config") or {}
+    json_path = ds.get("deepspeed_config_file")
+    if not json_path or Path(json_path).is_absolute():
+        return config
+    for base in (config.parent.parent.parent, Path.cwd()):
+        if (base / json_path).is_file():
+            ds["deepspeed_config_file"] = str((base / json_path).resolve())
+            break
+    else:
+        raise ConfigError(
+            f"accelerate_config: {config} names deepspeed_config_file {json_path!r}, which does not exist.",
+            "accelerate_config",
+        )
+    out = Path(tempfile.mkdtemp(prefix="sftforge-launch-")) / config.name
+    out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def strip_launch_overrides(argv: list[str]) -> list[str]:
+    """The command line without the launch keys (`--key value` and `--key=value`)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if name in LAUNCH_KEYS:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def launch_command(launch: Any, train_argv: list[str]) -> list[str]:
+    config = with_absolute_paths(resolve_accelerate_config(launch.accelerate_config))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    for key in LAUNCH_KEYS[1:]:
+        value = getattr(launch, key)
+        if value is not None:
+            cmd += [f"--{key}", str(value)]
+    return [*cmd, "-m", "sftforge", "train", *strip_launch_overrides(train_argv)]
+
+
+def launch(launch_args: Any, train_argv: list[str]) -> int:
+    cmd = launch_command(launch_args, train_argv)
+    print("sftforge: launching " + shlex.join(cmd), flush=True)
+    return subprocess.call(cmd)

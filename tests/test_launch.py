@@ -1,0 +1,64 @@
+"""`--accelerate_config NAME --num_processes N`: the accelerate command line sftforge builds (not run here; the
+real multi-process runs are in tests/distributed/)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sftforge.config.schema import LaunchArguments
+from sftforge.errors import ConfigError
+from sftforge.launch import NAMED, launch_command, resolve_accelerate_config, strip_launch_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_every_shipped_name_resolves_and_its_deepspeed_json_exists(name):
+    path = resolve_accelerate_config(name)
+    assert path == REPO / "configs" / "accelerate" / f"{name}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    json_file = (doc.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if json_file:
+        ds = json.loads((REPO / json_file).read_text())
+        assert ds["zero_optimization"]["stage"] == (2 if name == "zero2" else 3)
+        assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled in from the recipe by the Trainer
+
+
+def test_the_launch_command_passes_process_and_node_flags_and_drops_them_from_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the JSON path must not depend on the current folder
+    launch = LaunchArguments("zero3", num_processes=16, num_machines=2, machine_rank=1,
+                             main_process_ip="10.0.0.1", main_process_port=29500)  # fmt: skip
+    argv = ["recipe.yaml", "--accelerate_config", "zero3", "--num_processes=16", "--learning_rate", "1e-5",
+            "--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
+            "--main_process_port", "29500"]  # fmt: skip
+    cmd = launch_command(launch, argv)
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    config = Path(cmd[cmd.index("--config_file") + 1])
+    ds_json = Path(yaml.safe_load(config.read_text())["deepspeed_config"]["deepspeed_config_file"])
+    assert ds_json.is_absolute() and ds_json.is_file()
+    flags = cmd[cmd.index("--config_file") + 2 : cmd.index("-m", 3)]
+    assert flags == ["--num_processes", "16", "--num_machines", "2", "--machine_rank", "1",
+                     "--main_process_ip", "10.0.0.1", "--main_process_port", "29500"]  # fmt: skip
+    assert cmd[cmd.index("-m", 3) :] == ["-m", "sftforge", "train", "recipe.yaml", "--learning_rate", "1e-5"]
+
+
+def test_a_path_works_and_an_unknown_name_lists_the_shipped_ones(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("distributed_type: MULTI_GPU\n")
+    assert resolve_accelerate_config(str(own)) == own.resolve()
+    with pytest.raises(ConfigError, match="ddp, zero2, zero3, zero3_offload, fsdp2"):
+        resolve_accelerate_config("zero4")
+
+
+def test_strip_launch_overrides_keeps_everything_else():
+    assert strip_launch_overrides(
+        ["r.yaml", "--num_processes", "2", "--seed=3", "--accelerate_config=ddp"]
+    ) == [
+        "r.yaml",
+        "--seed=3",
+    ]
