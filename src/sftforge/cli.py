@@ -16,6 +16,7 @@ COMMANDS = {
     "chat": "chat with a model folder in the terminal",
     "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
+    "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
 }
 
 
@@ -80,6 +81,14 @@ def _demo(argv: list[str]) -> int:
     return demo.run(parser.parse_args(argv))
 
 
+def _plan(argv: list[str]) -> int:
+    from sftforge.plan import command
+
+    parser = argparse.ArgumentParser(prog="sftforge plan", description=COMMANDS["plan"])
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
 HANDLERS = {
     "train": _train,
     "inspect": _inspect,
@@ -87,6 +96,7 @@ HANDLERS = {
     "chat": _chat,
     "merge": _merge,
     "demo": _demo,
+    "plan": _plan,
 }
 
 
