@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from sftforge.config.schema import DataArguments
+from sftforge.data.cache import data_digest
 from sftforge.data.masking import IGNORE_INDEX
 from sftforge.data.pipeline import (
     Example,
@@ -303,10 +305,130 @@ def test_all_bad_training_file_is_an_error(tmp_path: Path, spec: TokenizeSpec) -
     path = write_jsonl(
         tmp_path / "bad.jsonl", [BAD_ROWS["no_assistant_turn"]] * 2 + [BAD_ROWS["invalid_json"]]
     )
+    # Even when max_bad_row_fraction lets every row be bad, an empty training set stops the run.
+    args = data_args(train_data_path=[str(path)], on_bad_rows="skip", max_bad_row_fraction=1.0)
     with pytest.raises(DataError) as err:
-        prepare_data(data_args(train_data_path=[str(path)], on_bad_rows="skip"), spec, seed=0)
+        prepare_data(args, spec, seed=0)
     assert "the training set is empty" in str(err.value)
     assert "no_assistant_turn: 2" in str(err.value) and "invalid_json: 1" in str(err.value)
+    # With the default threshold the bad-row fraction stops it first, with a better hint.
+    with pytest.raises(DataError, match=r"3 of 3 train rows read \(100\.0%\) are unusable"):
+        prepare_data(data_args(train_data_path=[str(path)], on_bad_rows="skip"), spec, seed=0)
+
+
+# --- max_bad_row_fraction ---------------------------------------------------------------------------------------
+
+
+def mostly_good(tmp_path: Path, n_good: int, bad: list[Any], name: str = "train.jsonl") -> Path:
+    return write_jsonl(tmp_path / name, [good(i) for i in range(n_good)] + bad)
+
+
+def test_too_many_bad_rows_stop_skip_mode_with_counts_threshold_and_hint(
+    tmp_path: Path, spec: TokenizeSpec
+) -> None:
+    bad = [BAD_ROWS["invalid_json"]] * 2 + [BAD_ROWS["unknown_role"]]
+    path = mostly_good(tmp_path, 7, bad)  # 3 of 10 bad
+    with pytest.raises(DataError) as err:
+        build_examples(iter_rows(path), spec, "skip", None, "t", max_bad_fraction=0.1, split="train")
+    message = str(err.value)
+    assert message.startswith(
+        "3 of 10 train rows read (30.0%) are unusable, more than max_bad_row_fraction=0.1"
+    )
+    assert "Dropped by reason: invalid_json: 2, unknown_role: 1." in message
+    # The first row of each reason is shown with its file:line, so the user sees what is wrong.
+    assert f"  first invalid_json: {path}:8: invalid JSON at column" in message
+    assert f"  first unknown_role: {path}:10: turn 1 has role 'critic'" in message
+    assert "fix the data" in message and "raise max_bad_row_fraction" in message
+
+
+def test_bad_fraction_at_or_under_the_threshold_keeps_going(tmp_path: Path, spec: TokenizeSpec) -> None:
+    path = mostly_good(tmp_path, 9, [BAD_ROWS["unknown_role"]])  # exactly 10%: not *more* than 0.1
+    examples, stats = build_examples(iter_rows(path), spec, "skip", None, "t", max_bad_fraction=0.1)
+    assert len(examples) == 9 and stats.dropped == Counter(unknown_role=1)
+    with pytest.raises(DataError, match=r"1 of 10 rows read \(10\.0%\) are unusable"):
+        build_examples(iter_rows(path), spec, "skip", None, "t", max_bad_fraction=0.05)
+    # 0.0 tolerates none, 1.0 tolerates all; the library default (no threshold given) never stops.
+    all_bad = write_jsonl(tmp_path / "all_bad.jsonl", [BAD_ROWS["unknown_role"]] * 3)
+    for threshold in ({"max_bad_fraction": 1.0}, {}):
+        examples, stats = build_examples(iter_rows(all_bad), spec, "skip", None, "t", **threshold)
+        assert examples == [] and stats.dropped == Counter(unknown_role=3)
+
+
+def test_length_drops_are_not_bad_rows(tmp_path: Path, tok: Any) -> None:
+    """Rows dropped for length (DROPPED_NOT_BAD) count as read but not as unusable."""
+    long_answer = msg_row(("user", "Hi"), ("assistant", "word " * 200))
+    path = mostly_good(tmp_path, 2, [long_answer] * 3 + [BAD_ROWS["unknown_role"]])
+    spec = TokenizeSpec.build(tok, tok.chat_template, 64, truncation="drop")
+    examples, stats = build_examples(iter_rows(path), spec, "skip", None, "t", max_bad_fraction=0.2)
+    assert len(examples) == 2 and stats.dropped == Counter(exceeds_max_length=3, unknown_role=1)
+    with pytest.raises(DataError, match=r"Dropped by reason: unknown_role: 1\.") as err:
+        build_examples(iter_rows(path), spec, "skip", None, "t", max_bad_fraction=0.1)
+    assert "1 of 6 rows read" in str(err.value) and "exceeds_max_length" not in str(err.value)
+
+
+def test_length_drops_alone_never_trip_the_threshold(tmp_path: Path, tok: Any) -> None:
+    path = mostly_good(tmp_path, 1, [msg_row(("user", "Hi"), ("assistant", "word " * 200))] * 3)
+    spec64 = TokenizeSpec.build(tok, tok.chat_template, 64, truncation="drop")
+    for mode in ("error", "skip"):
+        examples, stats = build_examples(iter_rows(path), spec64, mode, None, "t", max_bad_fraction=0.0)
+        assert len(examples) == 1 and stats.dropped == Counter(exceeds_max_length=3)
+
+
+def test_prepare_data_applies_max_bad_row_fraction_to_train_and_eval(
+    tmp_path: Path, spec: TokenizeSpec
+) -> None:
+    train = mostly_good(tmp_path, 9, [BAD_ROWS["unknown_role"]], "train.jsonl")  # 10%
+    evaluation = mostly_good(tmp_path, 3, [BAD_ROWS["invalid_json"]], "eval.jsonl")  # 25%
+    args = dict(train_data_path=[str(train)], on_bad_rows="skip", preprocessing_cache=False)
+    data = prepare_data(data_args(**args), spec, seed=0)  # default 0.1: 10% is fine
+    assert len(data.train) == 9 and data.train_stats.dropped == Counter(unknown_role=1)
+    with pytest.raises(DataError, match=r"^1 of 10 train rows read .* max_bad_row_fraction=0\.05"):
+        prepare_data(data_args(**args, max_bad_row_fraction=0.05), spec, seed=0)
+    args["eval_data_path"] = [str(evaluation)]
+    with pytest.raises(DataError, match=r"^1 of 4 eval rows read \(25\.0%\)") as err:
+        prepare_data(data_args(**args), spec, seed=0)
+    assert f"first invalid_json: {evaluation}:4: " in str(err.value)
+    data = prepare_data(data_args(**args, max_bad_row_fraction=0.25), spec, seed=0)
+    assert len(data.eval) == 3 and data.eval_stats is not None
+    assert data.eval_stats.dropped == Counter(invalid_json=1)
+
+
+def test_a_cache_hit_still_checks_the_threshold(tmp_path: Path, spec: TokenizeSpec) -> None:
+    """The threshold is not a cache input: a lower one must stop a run whose data the cache already holds."""
+    path = mostly_good(tmp_path, 8, [BAD_ROWS["unknown_role"], BAD_ROWS["invalid_json"]])  # 20%
+    args = dict(train_data_path=[str(path)], on_bad_rows="skip", cache_dir=str(tmp_path / "cache"))
+    stored = prepare_data(data_args(**args, max_bad_row_fraction=0.5), spec, seed=0)
+    assert stored.cache is not None and stored.cache.state == "stored"
+    hit = prepare_data(data_args(**args, max_bad_row_fraction=0.3), spec, seed=0)
+    assert hit.cache is not None and hit.cache.state == "hit" and len(hit.train) == 8
+    with pytest.raises(DataError, match=r"^2 of 10 train rows read \(20\.0%\).*invalid_json: 1"):
+        prepare_data(data_args(**args), spec, seed=0)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_unusable_files_name_their_config_key(tmp_path: Path, spec: TokenizeSpec, cache: bool) -> None:
+    good_file = mostly_good(tmp_path, 3, [])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not data")
+    base = dict(train_data_path=[str(good_file)], preprocessing_cache=cache, cache_dir=str(tmp_path / "c"))
+    cases = [
+        ({"train_data_path": [str(empty)]}, f"train_data_path: {empty}: the file is empty"),
+        ({"eval_data_path": [str(empty)]}, f"eval_data_path: {empty}: the file is empty"),
+        ({"train_data_path": [str(folder)]}, f"train_data_path: {folder}: the directory holds no data file"),
+        ({"eval_data_path": [str(tmp_path / "no.jsonl")]}, "eval_data_path: "),
+    ]
+    for override, expected in cases:
+        with pytest.raises(DataError) as err:
+            prepare_data(data_args(**{**base, **override}), spec, seed=0)
+        assert str(err.value).startswith(expected), str(err.value)
+    # The resume check hashes the training files before any row is read: it names the key as well.
+    with pytest.raises(
+        DataError, match=f"^train_data_path: {re.escape(str(folder))}: the directory holds no"
+    ):
+        data_digest(data_args(train_data_path=[str(folder)]))
 
 
 def test_eval_split_ratio_is_deterministic_and_disjoint(tmp_path: Path, spec: TokenizeSpec) -> None:

@@ -69,19 +69,19 @@ def cache_root(cache_dir: str | None) -> Path:
 
 def fingerprint(data: Any, spec: Any, seed: int) -> str:
     """SHA-256 over every input of preprocessing. `data`: DataArguments; `spec`: TokenizeSpec."""
-    from sftforge.data.readers import resolve_data_files
+    from sftforge.data.readers import resolve_key_files
 
     inputs = {
         "format": _FORMAT,
         "data_code": [DATA_CODE_VERSION, _data_code_digest()],
         "libraries": _library_versions(),
         "train": (
-            _files_digest(resolve_data_files(list(data.train_data_path)))
+            _files_digest(resolve_key_files(data.train_data_path, "train_data_path"))
             if data.train_data_path
             else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
         ),
         "eval": (
-            _files_digest(resolve_data_files(list(data.eval_data_path)))
+            _files_digest(resolve_key_files(data.eval_data_path, "eval_data_path"))
             if data.eval_data_path
             else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_test_split)
             if data.dataset_name and data.dataset_test_split
@@ -106,10 +106,10 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
 def data_digest(data: Any) -> str:
     """SHA-256 of the training data itself (file contents and paths, or the dataset's name/config/split): what a
     resumed run must share with the interrupted one for the data position to mean the same examples."""
-    from sftforge.data.readers import resolve_data_files
+    from sftforge.data.readers import resolve_key_files
 
     inputs = (
-        _files_digest(resolve_data_files(list(data.train_data_path)))
+        _files_digest(resolve_key_files(data.train_data_path, "train_data_path"))
         if data.train_data_path
         else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
     )

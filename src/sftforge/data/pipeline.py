@@ -18,7 +18,7 @@ from sftforge.config.schema import DataArguments
 from sftforge.data.cache import CacheStatus, Split, cache_root, fingerprint, load, store
 from sftforge.data.encoding import overlappable
 from sftforge.data.parallel import auto_processes, chunked, run_chunks
-from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_data_files
+from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
 from sftforge.data.rows import (  # re-exported: the pipeline's public names
     ALWAYS_FATAL,
     DROPPED_NOT_BAD,
@@ -38,7 +38,9 @@ __all__ = [
     "Example",
     "PreparedData",
     "TokenizeSpec",
+    "bad_rows",
     "build_examples",
+    "check_bad_rows",
     "prepare_data",
     "process_row",
     "process_rows",
@@ -70,11 +72,15 @@ class PreparedData:
     train_stats: DataStats
     eval_stats: DataStats | None
     cache: CacheStatus | None = None  # what the tokenized cache did (None: not asked)
+    seconds: float = 0.0  # wall time of the data stage, set by the caller that timed it
 
 
-def _rows_from_files(spec: Sequence[str]) -> Iterator[SourceRow]:
-    for path in resolve_data_files(list(spec)):
-        yield from iter_rows(path)
+def _rows_from_files(spec: Sequence[str], key: str) -> Iterator[SourceRow]:
+    for path in resolve_key_files(list(spec), key):
+        try:
+            yield from iter_rows(path)
+        except DataError as e:  # a whole file is unusable (empty, not JSON): say which key lists it
+            raise DataError(f"{key}: {e}") from None
 
 
 def _take(rows: Iterable[SourceRow], limit: int | None) -> Iterator[SourceRow]:
@@ -88,10 +94,21 @@ CHUNK_ROWS = 64  # rows rendered, then tokenized in one call (and one task when 
 
 
 def build_examples(
-    rows: Iterable[SourceRow], spec: TokenizeSpec, on_bad_rows: str, num_proc: int | None, desc: str
+    rows: Iterable[SourceRow],
+    spec: TokenizeSpec,
+    on_bad_rows: str,
+    num_proc: int | None,
+    desc: str,
+    *,
+    max_bad_fraction: float = 1.0,
+    split: str = "",
 ) -> tuple[list[Example], DataStats]:
+    """Rows → examples and their statistics. `on_bad_rows: error` stops at the first unusable row; `skip` drops
+    and counts it, and stops after all rows when more than `max_bad_fraction` of them were unusable (1.0: never).
+    `split` names the rows in that message ("train", "eval")."""
     stats = DataStats()
     examples: list[Example] = []
+    first_bad: dict[str, str] = {}  # reason → the first such row's message, to show in the too-many-bad error
     if num_proc is None:
         num_proc, rows = auto_processes(rows)
     batches = run_chunks(
@@ -113,6 +130,7 @@ def build_examples(
                         "Fix the row, or set `on_bad_rows: skip` to drop unusable rows and count them by reason."
                     )
                 stats.dropped[what] += 1
+                first_bad.setdefault(what, payload)
                 continue
             example, tok = payload
             examples.append(example)
@@ -124,7 +142,38 @@ def build_examples(
             stats.trained_tokens += len(example.labels) - example.labels.count(-100)
     finally:
         batches.close()
+    if on_bad_rows == "skip":
+        check_bad_rows(stats, max_bad_fraction, split, first_bad)
     return examples, stats
+
+
+def bad_rows(stats: DataStats) -> Counter:
+    """Rows dropped for a data mistake, by reason (length drops, `DROPPED_NOT_BAD`, are not mistakes)."""
+    return Counter({r: n for r, n in stats.dropped.items() if r not in DROPPED_NOT_BAD})
+
+
+def check_bad_rows(
+    stats: DataStats, max_fraction: float, split: str = "", first: dict[str, str] | None = None
+) -> None:
+    """Raise DataError when more than `max_fraction` of the rows read were unusable: a wrong format, a wrong
+    file or a broken export makes most rows bad, and training on the few left over would hide that."""
+    bad = bad_rows(stats)
+    n_bad = sum(bad.values())
+    if not stats.rows or n_bad / stats.rows <= max_fraction:
+        return
+    counts = ", ".join(f"{r}: {n}" for r, n in bad.most_common())
+    rows = f"{split} rows" if split else "rows"
+    lines = [
+        f"{n_bad} of {stats.rows} {rows} read ({n_bad / stats.rows:.1%}) are unusable, more than "
+        f"max_bad_row_fraction={max_fraction:g} allows (on_bad_rows: skip). Dropped by reason: {counts}."
+    ]
+    lines += [f"  first {reason}: {message}" for reason, message in (first or {}).items()]
+    lines.append(
+        "So many bad rows usually means a wrong path or a format sftforge does not read: check a few rows "
+        "(`sftforge inspect`) and fix the data, or raise max_bad_row_fraction (1.0 never stops) to train on "
+        "the usable rows only."
+    )
+    raise DataError("\n".join(lines))
 
 
 def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
@@ -139,7 +188,12 @@ def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> Prepared
     key = fingerprint(data, spec, seed)
     found = load(root, key)
     if found is not None:
-        return _from_cache(*found, CacheStatus("hit", key, time.perf_counter() - started))
+        prepared = _from_cache(*found, CacheStatus("hit", key, time.perf_counter() - started))
+        if data.on_bad_rows == "skip":  # the threshold is no cache input: check the cached counts against it
+            check_bad_rows(prepared.train_stats, data.max_bad_row_fraction, "train")
+            if prepared.eval_stats is not None:
+                check_bad_rows(prepared.eval_stats, data.max_bad_row_fraction, "eval")
+        return prepared
     prepared = _prepare_data(data, spec, seed)
     try:
         store(root, key, *_to_cache(prepared))
@@ -185,11 +239,17 @@ def _from_cache(splits: dict[str, Split], stats: dict[str, Any], status: CacheSt
 
 def _prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
     if data.train_data_path:
-        train_rows: Iterable[SourceRow] = _rows_from_files(data.train_data_path)
+        train_rows: Iterable[SourceRow] = _rows_from_files(data.train_data_path, "train_data_path")
     else:
         train_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_train_split)
     train, train_stats = build_examples(
-        _take(train_rows, data.max_samples), spec, data.on_bad_rows, data.dataset_num_proc, "Tokenizing train"
+        _take(train_rows, data.max_samples),
+        spec,
+        data.on_bad_rows,
+        data.dataset_num_proc,
+        "Tokenizing train",
+        max_bad_fraction=data.max_bad_row_fraction,
+        split="train",
     )
     if not train:
         reasons = ", ".join(f"{r}: {n}" for r, n in train_stats.dropped.most_common()) or "no rows were read"
@@ -199,12 +259,18 @@ def _prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> Prepare
     eval_stats: DataStats | None = None
     eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
-        eval_rows = _rows_from_files(data.eval_data_path)
+        eval_rows = _rows_from_files(data.eval_data_path, "eval_data_path")
     elif data.dataset_name and data.dataset_test_split:
         eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
     if eval_rows is not None:
         eval_examples, eval_stats = build_examples(
-            eval_rows, spec, data.on_bad_rows, data.dataset_num_proc, "Tokenizing eval"
+            eval_rows,
+            spec,
+            data.on_bad_rows,
+            data.dataset_num_proc,
+            "Tokenizing eval",
+            max_bad_fraction=data.max_bad_row_fraction,
+            split="eval",
         )
     elif data.eval_split_ratio > 0:
         train, eval_examples = split_holdout(train, data.eval_split_ratio, seed)

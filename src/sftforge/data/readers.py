@@ -55,6 +55,15 @@ def resolve_data_files(spec: str | Path | Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def resolve_key_files(spec: str | Path | Iterable[str | Path], key: str) -> list[Path]:
+    """`resolve_data_files` for the config key `key` (e.g. train_data_path): its errors start with the key, so
+    the user knows which setting names the missing file or the folder without data."""
+    try:
+        return resolve_data_files(spec)
+    except DataError as e:
+        raise DataError(f"{key}: {e}") from None
+
+
 def _resolve_one(spec: str | Path) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()

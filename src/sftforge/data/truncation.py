@@ -29,7 +29,9 @@ def fit_to_length(conv: Conversation, encode: Encode, max_length: int, mode: str
     length = len(out.input_ids)
     if mode == "error":
         raise RowError(
-            "too_long", f"{length} tokens is longer than max_length={max_length} (truncation: error)"
+            "too_long",
+            f"{length} tokens is longer than max_length={max_length} (truncation: error); shorten the row, "
+            "raise max_length, or choose truncation: turns, right or drop",
         )
     if mode == "drop":
         raise RowError("exceeds_max_length", f"{length} tokens > max_length={max_length} (truncation: drop)")
