@@ -1015,7 +1015,7 @@ def report(ctx: dict[str, Any]) -> str:
     L += [
         "- **epoch wall time** = `train_s`: seconds inside `trainer.train()` (both tools time the same call; "
         "model loading, tokenization and saving are outside).",
-        "- **real tokens/s** = non-pad tokens fed to the model / `train_s` (sftforge: its collators count them; "
+        "- **real tokens/s** = non-pad tokens fed to the model / `train_s` (sftforge: counted per trained batch; "
         "TRL: `num_tokens` of its log = attention-mask sum, or all tokens when padding-free).",
         "- **real-token fraction** = non-pad / all tokens of the batch tensors. sftforge: `real_token_fraction` "
         "of metrics.json. TRL reports no padded total, so `benchmarks/trl_batches.py` rebuilds the peer's "
@@ -1024,9 +1024,9 @@ def report(ctx: dict[str, Any]) -> str:
         "replay's real tokens are checked against the peer's `seen_tokens`. Padding-free batches (sftforge "
         "packing, TRL bfd) contain no pads, so this is 1.0 by construction; **batch fill** = real tokens / "
         "(steps × 8 × 512) shows how full the packed rows are.",
-        "- **preprocessing examples/s** = rows in the data file / `prep_s`. sftforge `prep_s`: config → "
-        "tokenizer load, read, convert, tokenize, mask (before the model loads; the packing pass runs after and "
-        "is not in it). TRL `prep_s`: `SFTTrainer(...)` construction (tokenization, truncation, packing); its "
+        "- **preprocessing examples/s** = rows in the data file / `prep_s`. sftforge `prep_s`: read, convert, "
+        "render, tokenize, verify the masks (or load all that from the cache), then pack; the tokenizer load "
+        "is not in it (sftforge before 2026-11-23 19:40 counted it: ~0.03 s). TRL `prep_s`: `SFTTrainer(...)` construction (tokenization, truncation, packing); its "
         "tokenizer load and row conversion are in `load_s`, not here. Cold = fresh cache dir; cached = the "
         "same cache dir again (a 1-step run, reading `prep_s`).",
         "- **peak RSS** = `ru_maxrss` of the training process, as each tool reports it.",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 
@@ -40,8 +41,8 @@ def pack_examples(features: Sequence[dict[str, Any]], capacity: int) -> list[dic
         members.sort()  # keep the data order inside a bin: deterministic and easy to read
         rows.append(
             {
-                "input_ids": [t for i in members for t in features[i]["input_ids"]],
-                "labels": [t for i in members for t in features[i]["labels"]],
+                "input_ids": list(chain.from_iterable(features[i]["input_ids"] for i in members)),
+                "labels": list(chain.from_iterable(features[i]["labels"] for i in members)),
                 "seq_lens": [len(features[i]["input_ids"]) for i in members],
                 **(
                     {"sources": [s for i in members for s in features[i]["sources"]]}
