@@ -90,3 +90,12 @@ def test_help_lists_keys_and_aliases(capsys):
 def test_unknown_command_suggests(capsys):
     assert main(["trian"]) == 2
     assert "Did you mean 'train'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--local_rank=1", "--version"], ["--local_rank", "1", "--version"]])
+def test_the_deepspeed_launchers_local_rank_argument_is_taken_out(argv, monkeypatch, capsys):
+    monkeypatch.setenv("LOCAL_RANK", "")  # then removed: undone after the test, with main's own write
+    monkeypatch.delenv("LOCAL_RANK")
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip()  # the version: the command after --local_rank ran
+    assert os.environ["LOCAL_RANK"] == "1"

@@ -62,3 +62,17 @@ def test_strip_launch_overrides_keeps_everything_else():
         "r.yaml",
         "--seed=3",
     ]
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_recipe_decides_mixed_precision_not_the_config_file(precision):
+    cmd = launch_command(LaunchArguments("zero2"), ["r.yaml"], precision)
+    assert cmd[cmd.index("--mixed_precision") + 1] == precision  # the shipped file says bf16
+
+
+def test_fsdp_without_a_gpu_is_refused_before_any_process_starts(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(ConfigError, match="FSDP needs GPUs.*zero3"):
+        launch_command(LaunchArguments("fsdp2"), ["r.yaml"])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert "fsdp2.yaml" in " ".join(launch_command(LaunchArguments("fsdp2"), ["r.yaml"]))

@@ -36,9 +36,20 @@ def _train(argv: list[str]) -> int:
     recipe = argv[0] if argv and not argv[0].startswith("--") else None
     overrides = argv[1:] if recipe else argv
     from sftforge.config import load_config
+    from sftforge.errors import ConfigError
+    from sftforge.launch import inside_launched_process, launch, mixed_precision_of
     from sftforge.train.run import run_training
 
     cfg = load_config(recipe, overrides)
+    if cfg.launch.accelerate_config and not inside_launched_process():
+        return launch(cfg.launch, argv, mixed_precision_of(cfg.training))
+    if cfg.launch.num_processes and not inside_launched_process():
+        raise ConfigError(
+            "num_processes is set without accelerate_config: name a launch config "
+            "(--accelerate_config ddp|zero2|zero3|zero3_offload|fsdp2 or a file), or start sftforge with "
+            "`accelerate launch` / `torchrun` yourself.",
+            "num_processes",
+        )
     run_training(cfg)
     return 0
 
@@ -100,8 +111,25 @@ HANDLERS = {
 }
 
 
+def _without_local_rank(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher puts `--local_rank=N` before the command; the rank is in LOCAL_RANK as well."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            os.environ.setdefault("LOCAL_RANK", arg)
+            skip = False
+        elif arg == "--local_rank":
+            skip = True
+        elif arg.startswith("--local_rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _without_local_rank(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2

@@ -24,6 +24,12 @@ NAMED = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
 LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
                "main_process_port")  # fmt: skip
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, for an editable install
+FSDP_NEEDS_GPU = (
+    "FSDP needs GPUs: accelerate turns its FSDP plugin on only for GPU-type devices; on CPU the processes would "
+    "train plain DDP (with use_cpu) or not in sync at all (without). PyTorch's fully_shard itself runs on CPU, but "
+    "not through the Trainer. To try sharded training on CPU use DeepSpeed ZeRO-3: --accelerate_config zero3 "
+    "(or accelerate launch --config_file configs/accelerate/zero3.yaml)."
+)
 
 
 def inside_launched_process() -> bool:
@@ -88,9 +94,28 @@ def strip_launch_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def launch_command(launch: Any, train_argv: list[str]) -> list[str]:
-    config = with_absolute_paths(resolve_accelerate_config(launch.accelerate_config))
+def mixed_precision_of(training: Any) -> str:
+    """The recipe decides the precision, not the launch config's `mixed_precision` line."""
+    return "bf16" if training.bf16 else "fp16" if training.fp16 else "no"
+
+
+def check_launchable(config: Path) -> None:
+    """Refuse here, once, what every launched process would refuse (no GPU for FSDP)."""
+    doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    if str(doc.get("distributed_type", "")).upper() == "FSDP":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(FSDP_NEEDS_GPU, "accelerate_config")
+
+
+def launch_command(launch: Any, train_argv: list[str], mixed_precision: str | None = None) -> list[str]:
+    config = resolve_accelerate_config(launch.accelerate_config)
+    check_launchable(config)
+    config = with_absolute_paths(config)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    if mixed_precision:
+        cmd += ["--mixed_precision", mixed_precision]
     for key in LAUNCH_KEYS[1:]:
         value = getattr(launch, key)
         if value is not None:
@@ -98,7 +123,7 @@ def launch_command(launch: Any, train_argv: list[str]) -> list[str]:
     return [*cmd, "-m", "sftforge", "train", *strip_launch_overrides(train_argv)]
 
 
-def launch(launch_args: Any, train_argv: list[str]) -> int:
-    cmd = launch_command(launch_args, train_argv)
+def launch(launch_args: Any, train_argv: list[str], mixed_precision: str | None = None) -> int:
+    cmd = launch_command(launch_args, train_argv, mixed_precision)
     print("sftforge: launching " + shlex.join(cmd), flush=True)
     return subprocess.call(cmd)

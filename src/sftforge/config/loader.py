@@ -11,6 +11,7 @@ import difflib
 import enum
 import functools
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,11 +257,20 @@ def _plain(value: Any) -> Any:
 @functools.cache
 def _training_defaults() -> dict[str, Any]:
     """Default training values, computed once. Building a TrainingArguments resets accelerate's global state, so
-    this must not happen while a Trainer exists: load_config warms the cache before any Trainer is made."""
-    defaults = SFTTrainingArguments()
+    this must not happen while a Trainer exists: load_config warms the cache before any Trainer is made. It is
+    built as a single process: in a launched one it would otherwise start the process group with the default
+    `ddp_timeout` instead of the recipe's (the recipe's TrainingArguments would then reuse that group)."""
+    hidden = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if k in os.environ}
+    try:
+        defaults = SFTTrainingArguments()
+    finally:
+        os.environ.update(hidden)
     return {
         f.name: _plain(getattr(defaults, f.name)) for f in dataclasses.fields(SFTTrainingArguments) if f.init
     }
+
+
+_NO_DEFAULT = object()
 
 
 def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
@@ -281,14 +291,14 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         if not f.init or f.name in _NOT_DUMPED:
             continue
         value = _plain(getattr(cfg.training, f.name))
-        if f.name in cfg.explicit or value != defaults[f.name] or f.name == "output_dir":
+        if f.name in cfg.explicit or value != defaults.get(f.name, _NO_DEFAULT) or f.name == "output_dir":
             out["training"][f.name] = value
     # Device-dependent choices stay "auto" so the file re-resolves on the machine that reads it (CPU → GPU).
     for key, original in cfg.auto_resolved.items():
         section = FIELDS[key][0]
-        if section == "training":
+        if section == "training" and original in (None, False):  # a device default: let the reader decide
             out["training"].pop(key, None)
-        else:
+        else:  # what the user wrote (model "auto" keys, a DeepSpeed JSON routed through accelerate on CPU)
             out[section][key] = original
     return out
 

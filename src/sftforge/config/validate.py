@@ -7,6 +7,8 @@ the start-up summary, each with its reason.
 from __future__ import annotations
 
 import importlib.util
+import os
+from pathlib import Path
 from typing import Any
 
 from sftforge.config.loader import data_paths_missing
@@ -17,6 +19,16 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def deepspeed_requested(train: dict[str, Any]) -> bool:
+    """`--deepspeed JSON`, or a DeepSpeed config under `accelerate launch` (it sets ACCELERATE_USE_DEEPSPEED)."""
+    return bool(train.get("deepspeed")) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+def fsdp_requested(train: dict[str, Any]) -> bool:
+    """`--fsdp …`, or an FSDP config under `accelerate launch` (it sets ACCELERATE_USE_FSDP)."""
+    return bool(train.get("fsdp")) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
 
 
 def cpu_supports_bf16() -> bool:
@@ -39,10 +51,14 @@ def check_and_resolve(
     for key in ("bf16", "fp16", "use_cpu"):
         if key not in explicit:
             auto[key] = False
+    if "ddp_backend" not in explicit:
+        auto["ddp_backend"] = None
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
     notes += _resolve_precision(train, explicit, on_gpu, problems)
+    if not on_gpu and "use_cpu" not in explicit:
+        notes += _resolve_cpu_distribution(train, explicit, auto, problems)
     notes += _resolve_attention(model, on_gpu, problems)
     if train.get("use_liger_kernel") and not (on_gpu and importlib.util.find_spec("liger_kernel")):
         why = "no CUDA GPU" if not on_gpu else "liger-kernel is not installed (pip install -e '.[liger]')"
@@ -135,6 +151,35 @@ def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: 
         return ["precision: bf16 mixed precision — the GPU supports it"]
     train["fp16"] = True
     return ["precision: fp16 mixed precision — the GPU has no bf16"]
+
+
+def _resolve_cpu_distribution(
+    train: dict[str, Any], explicit: set[str], auto: dict[str, Any], problems: list[str]
+) -> list[str]:
+    """No GPU. `use_cpu` makes accelerate run several processes (torchrun, accelerate launch) as one gloo group;
+    without it each process would train alone. DeepSpeed and FSDP are the exception: `use_cpu` makes accelerate
+    drop their plugin (and silently train plain DDP), and without a backend it counts 1 process (DeepSpeed's
+    "auto" train_batch_size goes wrong), so they get gloo instead."""
+    sharded = "FSDP" if fsdp_requested(train) else "DeepSpeed" if deepspeed_requested(train) else None
+    if sharded is None:
+        train["use_cpu"] = True
+        return []
+    if sharded == "FSDP" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from sftforge.launch import FSDP_NEEDS_GPU
+
+        problems.append(FSDP_NEEDS_GPU)
+        return []
+    train.pop("use_cpu", None)
+    if "ddp_backend" not in explicit:
+        train["ddp_backend"] = "gloo"
+    json_path = train.get("deepspeed")
+    if isinstance(json_path, str) and Path(json_path).is_file() and "WORLD_SIZE" in os.environ:
+        # transformers' own `--deepspeed` set-up asks accelerate for a GPU backend and ignores ddp_backend; the
+        # same JSON through accelerate's DeepSpeed plugin (the `accelerate launch` path) takes gloo.
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(Path(json_path).resolve())
+        auto["deepspeed"] = train.pop("deepspeed")
+    return [f"distributed: {sharded} on CPU over gloo (no GPU)"] if "WORLD_SIZE" in os.environ else []
 
 
 def _resolve_attention(model: dict, on_gpu: bool, problems: list[str]) -> list[str]:

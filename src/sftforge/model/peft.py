@@ -13,6 +13,7 @@ from typing import Any
 from sftforge.config.peft_args import PeftArguments
 from sftforge.errors import ConfigError
 from sftforge.model.quant import is_quantized
+from sftforge.model.sizes import full_numel, full_shape
 
 
 def apply_finetuning(
@@ -91,7 +92,7 @@ def _apply_lora(model: Any, peft_args: PeftArguments, resized: bool) -> Any:
 
 def resize_embeddings_for(model: Any, tokenizer: Any) -> tuple[int, int] | None:
     """Grow the embedding (and a separate head) to the tokenizer's size; (old rows, new rows) or None."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    rows = full_shape(model.get_input_embeddings().weight)[0]
     if len(tokenizer) <= rows:
         return None
     model.resize_token_embeddings(len(tokenizer))
@@ -137,7 +138,7 @@ def count_parameters(model: Any) -> tuple[int, int]:
     if hasattr(model, "get_nb_trainable_parameters"):
         return model.get_nb_trainable_parameters()
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(full_numel(p) for p in params if p.requires_grad), sum(full_numel(p) for p in params)
 
 
 def linear_module_names(model: Any) -> set[str]:

@@ -10,6 +10,7 @@ kinds:
   nan_loss_at_step=N      the loss of optimizer step N becomes NaN
   nan_loss_from_step=N    the loss of every optimizer step from N on becomes NaN
   inf_grad_at_step=N      one gradient of optimizer step N becomes Inf (the loss stays finite)
+  slow_preprocessing=S    the local main process (LOCAL_RANK 0) spends S more seconds preparing the data
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 from typing import Any
 
 from transformers import TrainerCallback
@@ -47,6 +49,12 @@ class _StepFaults(TrainerCallback):
     def on_substep_end(self, args, state, control, **kwargs):
         if self.faults.get("kill_in_accumulation") == str(state.global_step + 1):
             _die()
+
+
+def delay_preprocessing(spec: str) -> None:
+    seconds = parse(spec).get("slow_preprocessing")
+    if seconds and os.environ.get("LOCAL_RANK", "0") == "0":
+        time.sleep(float(seconds))
 
 
 def install(trainer: Any, spec: str) -> None:

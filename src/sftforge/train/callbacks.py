@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from sftforge.model.sizes import full_numel
+
 # Dense (no sparsity) bf16/fp16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
                "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}  # fmt: skip
@@ -33,7 +35,7 @@ def peak_flops() -> float | None:
 def dense_params(model: Any) -> int:
     embedding = model.get_input_embeddings()
     skip = {id(p) for p in embedding.parameters()} if embedding is not None else set()
-    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+    return sum(full_numel(p) for p in model.parameters() if id(p) not in skip)
 
 
 def step_flops(params: int, layers: int, hidden: int, tokens: int, sum_sq_lengths: int) -> float:

@@ -25,6 +25,7 @@ from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
+from sftforge.train.preprocess_once import run_once_per_machine
 from sftforge.train.resume import OFF, resolve_resume, run_identity
 from sftforge.train.summary import print_final_summary, print_startup_summary
 from sftforge.train.trainer import SFTTrainer
@@ -52,7 +53,7 @@ def check_output_dir(cfg: SFTConfig) -> Path:
         )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".sftforge_write_test"
+        probe = out / f".sftforge_write_test.{os.environ.get('RANK', '0')}"  # one per rank: no race
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -72,7 +73,16 @@ def _is_main_process() -> bool:
 def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedData]:
     """Tokenizer + the examples exactly as the trainer will see them (`sftforge inspect` shows the same)."""
     bundle = load_tokenizer(cfg.model, cfg.data)
-    return bundle, prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
+    if os.environ.get("SFTFORGE_FAULT"):  # the reliability tests' fault injection, never set in normal use
+        from sftforge.testing import faults
+
+        faults.delay_preprocessing(os.environ["SFTFORGE_FAULT"])
+    started = time.perf_counter()
+    data = prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
+    data.seconds = (
+        time.perf_counter() - started
+    )  # the data stage only, as the peer's figure (no tokenizer load)
+    return bundle, data
 
 
 def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
@@ -104,8 +114,9 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     out = check_output_dir(cfg)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
-    bundle, data = prepare_tokenized_data(cfg)
-    prep_s = time.time() - started
+    # Several processes: the local main process tokenizes and fills the cache first, the others then read it,
+    # waiting without a collective op (a long tokenization cannot hit the NCCL/gloo timeout).
+    bundle, data = run_once_per_machine(lambda: prepare_tokenized_data(cfg))
     args = cfg.training
     ckpt = bool(args.activation_checkpointing)
     # Seed before anything random is initialised (LoRA matrices, resized embeddings): otherwise their values
@@ -132,7 +143,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
     metrics["trainable_params"], metrics["total_params"] = count_parameters(model)
-    metrics["prep_s"] = round(prep_s + trainer.packing_s, 3)  # read + tokenize (or cache load) + pack
+    # Read + convert + tokenize (or load from the cache) + pack; the tokenizer and model loads are not in it
+    metrics["prep_s"] = round(data.seconds + trainer.packing_s, 3)
     metrics["train_s"] = round(time.time() - train_started, 3)
     metrics["seen_tokens"] = tokens.real_tokens  # real tokens trained on (pads excluded; this process)
     metrics["real_token_fraction"] = round(tokens.real_fraction, 4)

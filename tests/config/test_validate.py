@@ -1,0 +1,78 @@
+"""Device-dependent decisions for processes started by a launcher on a machine without a GPU: which accelerate set-up
+each gets (the wrong one trains every process alone, or drops the DeepSpeed/FSDP plugin without a word)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from sftforge.config.validate import check_and_resolve
+
+LAUNCH_ENV = (
+    "WORLD_SIZE",
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_USE_FSDP",
+    "ACCELERATE_DEEPSPEED_CONFIG_FILE",
+)
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """As inside a process that torchrun / accelerate launch started; restores the environment afterwards."""
+    for key in LAUNCH_ENV:  # set first, so that the code's own writes are undone after the test too
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("sftforge.config.validate.cuda_available", lambda: False)
+    return monkeypatch
+
+
+def resolve(training: dict, tmp_path) -> tuple[dict, list[str], list[str], dict]:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": []}\n')
+    values = {"model": {"model_name_or_path": str(tmp_path)}, "data": {"train_data_path": [str(data)]},
+              "training": dict(training), "peft": {}, "launch": {}}  # fmt: skip
+    problems: list[str] = []
+    auto: dict = {}
+    notes = check_and_resolve(values, {"model_name_or_path", "train_data_path", *training}, problems, auto)
+    return values["training"], problems, notes, auto
+
+
+def test_plain_processes_on_cpu_join_one_gloo_group(launched, tmp_path):
+    train, problems, _, _ = resolve({"bf16": False}, tmp_path)  # precision given: use_cpu must still be set
+    assert problems == [] and train["use_cpu"] is True
+
+
+def test_deepspeed_under_accelerate_on_cpu_keeps_the_plugin_and_uses_gloo(launched, tmp_path):
+    launched.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    train, problems, notes, _ = resolve({}, tmp_path)
+    assert problems == [] and "use_cpu" not in train and train["ddp_backend"] == "gloo"
+    assert "distributed: DeepSpeed on CPU over gloo (no GPU)" in notes
+
+
+def test_a_deepspeed_json_on_cpu_goes_through_accelerates_plugin_and_is_kept_for_the_written_recipe(
+    launched, tmp_path
+):
+    ds = tmp_path / "zero2.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    train, problems, _, auto = resolve({"deepspeed": str(ds)}, tmp_path)
+    assert problems == [] and "deepspeed" not in train and auto["deepspeed"] == str(ds)
+    assert os.environ["ACCELERATE_USE_DEEPSPEED"] == "true"
+    assert os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(ds.resolve())
+
+
+def test_fsdp_on_cpu_is_refused_with_the_reason_and_the_alternative(launched, tmp_path):
+    launched.setenv("ACCELERATE_USE_FSDP", "true")
+    _, problems, _, _ = resolve({}, tmp_path)
+    assert (
+        len(problems) == 1 and "FSDP needs GPUs" in problems[0] and "--accelerate_config zero3" in problems[0]
+    )
+
+
+def test_one_process_without_a_launcher_is_untouched_by_the_fsdp_check(launched, tmp_path):
+    launched.setenv("WORLD_SIZE", "1")
+    launched.setenv("ACCELERATE_USE_FSDP", "true")
+    train, problems, _, _ = resolve({}, tmp_path)
+    assert problems == [] and train["ddp_backend"] == "gloo"
