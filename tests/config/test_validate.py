@@ -76,3 +76,16 @@ def test_one_process_without_a_launcher_is_untouched_by_the_fsdp_check(launched,
     launched.setenv("ACCELERATE_USE_FSDP", "true")
     train, problems, _, _ = resolve({}, tmp_path)
     assert problems == [] and train["ddp_backend"] == "gloo"
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_max_bad_row_fraction_outside_0_1_is_refused(value, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": []}\n')
+    values = {"model": {"model_name_or_path": str(tmp_path)},
+              "data": {"train_data_path": [str(data)], "max_bad_row_fraction": value},
+              "training": {}, "peft": {}, "launch": {}}  # fmt: skip
+    problems: list[str] = []
+    check_and_resolve(values, {"max_bad_row_fraction"}, problems, {})
+    assert len(problems) == 1 and problems[0].startswith(f"max_bad_row_fraction: {value} must be in [0, 1]")

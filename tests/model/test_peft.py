@@ -193,6 +193,21 @@ def test_target_list_and_unknown_target(make_tiny_model):
     assert "lm_head" in linear_module_names(model)
 
 
+def test_moe_experts_with_lora_dropout_say_to_set_it_to_0(make_tiny_model):
+    """Mixtral's experts are one fused tensor: peft adapts it without dropout, and refuses the 0.05 default."""
+    model, tok = _load(make_tiny_model("mixtral"))
+    with pytest.raises(
+        ConfigError,
+        match=r"lora_dropout: 0.05 does not work on this model's mixture-of-experts.*lora_dropout: 0",
+    ):
+        apply_finetuning(model, PeftArguments(finetuning_type="lora"), tok, False)
+    model, tok = _load(make_tiny_model("mixtral"))
+    peft_model, _ = apply_finetuning(
+        model, PeftArguments(finetuning_type="lora", lora_dropout=0.0), tok, False
+    )
+    assert count_parameters(peft_model)[0] > 0
+
+
 def test_freeze_leaves_only_the_last_blocks_trainable(make_tiny_model):
     model, tok = _load(make_tiny_model("qwen2", num_layers=3))
     model, notes = apply_finetuning(

@@ -6,7 +6,7 @@ import dataclasses
 
 from sftforge.config.loader import ALIASES
 from sftforge.config.peft_args import PeftArguments
-from sftforge.config.schema import DataArguments, ModelArguments, SFTTrainingArguments
+from sftforge.config.schema import DataArguments, LaunchArguments, ModelArguments, SFTTrainingArguments
 
 # The TrainingArguments users reach for most; every other field works too.
 COMMON_TRAINING_KEYS = (
@@ -41,6 +41,8 @@ COMMON_TRAINING_KEYS = (
     "max_skipped_steps",
     "push_to_hub",
     "hub_model_id",
+    "deepspeed",
+    "ddp_timeout",
 )
 
 
@@ -57,7 +59,9 @@ def argument_reference() -> str:
         "Nested values: --lr_scheduler_kwargs '{\"min_lr_rate\": 0.1}' or --lr_scheduler_kwargs.min_lr_rate 0.1",
         "",
     ]
-    for title, cls in (("model", ModelArguments), ("data", DataArguments), ("peft", PeftArguments)):
+    sections = (("model", ModelArguments), ("data", DataArguments), ("peft", PeftArguments),
+                ("launch (multi-process through accelerate launch)", LaunchArguments))  # fmt: skip
+    for title, cls in sections:
         out.append(f"{title}:")
         for f in dataclasses.fields(cls):
             out.append(

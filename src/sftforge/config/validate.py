@@ -103,6 +103,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         )
     if data.get("max_length", 1024) < 8:
         problems.append(f"max_length: {data['max_length']} is too small; use at least a few hundred tokens.")
+    bad = data.get("max_bad_row_fraction", 0.1)
+    if not 0.0 <= bad <= 1.0:
+        problems.append(
+            f"max_bad_row_fraction: {bad} must be in [0, 1] (0.1: stop when more than 10% of the rows are unusable; "
+            "1: never stop)."
+        )
     if data.get("max_samples") is not None and data["max_samples"] < 1:
         problems.append("max_samples: must be at least 1 (leave it unset to use every row).")
     has_eval = bool(data.get("eval_data_path") or ratio > 0 or data.get("dataset_test_split"))

@@ -76,13 +76,21 @@ def _apply_lora(model: Any, peft_args: PeftArguments, resized: bool) -> Any:
         # a tied head must stay tied to the trained embedding copy (peft #2777), or merging breaks it
         ensure_weight_tying=tied and embedding in modules_to_save,
     )
+    linear = sorted(linear_module_names(model))  # before peft wraps them (base_layer, default, …)
     try:
         # peft probes a deprecated transformers attribute: not the user's concern
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
             return get_peft_model(model, config)
     except ValueError as e:
-        linear = sorted(linear_module_names(model))
+        if "ParamWrapper" in str(e) and "dropout" in str(e):
+            raise ConfigError(
+                f"lora_dropout: {peft_args.lora_dropout} does not work on this model's mixture-of-experts weights "
+                "(the experts are stored as one tensor, which peft adapts with lora.ParamWrapper, without dropout). "
+                "Set lora_dropout: 0, or leave the experts out of lora_target_modules (e.g. q_proj,k_proj,v_proj,"
+                "o_proj).",
+                source="peft",
+            ) from None
         raise ConfigError(
             f"lora_target_modules: {str(e).splitlines()[0]} Linear modules in this model: {', '.join(linear)} "
             "(or use all-linear).",
