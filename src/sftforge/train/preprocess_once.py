@@ -34,8 +34,10 @@ def _store():  # noqa: ANN202 - torch's Store type is private
 
 
 def _key() -> str:
-    # One key per machine (torchrun's GROUP_RANK is the node's rank); restarts of an elastic job get a new run id.
-    return f"sftforge/preprocessed/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{os.environ.get('GROUP_RANK', '0')}"
+    # One key per machine (torchrun and accelerate set GROUP_RANK, the node's rank; other launchers NODE_RANK);
+    # restarts of an elastic job get a new run id.
+    node = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or "0"
+    return f"sftforge/preprocessed/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/{node}"
 
 
 def run_once_per_machine(prepare: Callable[[], T], wait: timedelta = WAIT) -> T:
