@@ -76,3 +76,19 @@ def test_fsdp_without_a_gpu_is_refused_before_any_process_starts(monkeypatch):
         launch_command(LaunchArguments("fsdp2"), ["r.yaml"])
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert "fsdp2.yaml" in " ".join(launch_command(LaunchArguments("fsdp2"), ["r.yaml"]))
+
+
+def test_the_launch_removes_its_config_copy_when_the_run_ends(monkeypatch):
+    seen = []
+
+    def fake_call(cmd):
+        config = Path(cmd[cmd.index("--config_file") + 1])
+        seen.append(config)
+        assert config.is_file()  # there while the processes run
+        return 0
+
+    monkeypatch.setattr("sftforge.launch.subprocess.call", fake_call)
+    from sftforge.launch import launch
+
+    assert launch(LaunchArguments("zero3"), ["r.yaml"], "no") == 0
+    assert not seen[0].exists() and not seen[0].parent.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import yaml
 
 from sftforge.errors import ConfigError
 
+TEMP_PREFIX = "sftforge-launch-"
 NAMED = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
 LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
                "main_process_port")  # fmt: skip
@@ -73,7 +75,7 @@ def with_absolute_paths(config: Path) -> Path:
             f"accelerate_config: {config} names deepspeed_config_file {json_path!r}, which does not exist.",
             "accelerate_config",
         )
-    out = Path(tempfile.mkdtemp(prefix="sftforge-launch-")) / config.name
+    out = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX)) / config.name
     out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return out
 
@@ -126,4 +128,9 @@ def launch_command(launch: Any, train_argv: list[str], mixed_precision: str | No
 def launch(launch_args: Any, train_argv: list[str], mixed_precision: str | None = None) -> int:
     cmd = launch_command(launch_args, train_argv, mixed_precision)
     print("sftforge: launching " + shlex.join(cmd), flush=True)
-    return subprocess.call(cmd)
+    config = Path(cmd[cmd.index("--config_file") + 1])
+    try:
+        return subprocess.call(cmd)
+    finally:  # the copy with absolute paths lives as long as the run
+        if config.parent.name.startswith(TEMP_PREFIX):
+            shutil.rmtree(config.parent, ignore_errors=True)
