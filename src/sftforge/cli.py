@@ -43,7 +43,7 @@ def _train(argv: list[str]) -> int:
     cfg = load_config(recipe, overrides)
     if cfg.launch.accelerate_config and not inside_launched_process():
         return launch(cfg.launch, argv, mixed_precision_of(cfg.training))
-    if cfg.launch.num_processes and not inside_launched_process():
+    if cfg.launch.num_processes and not inside_launched_process():  # a launch key without a launch
         raise ConfigError(
             "num_processes is set without accelerate_config: name a launch config "
             "(--accelerate_config ddp|zero2|zero3|zero3_offload|fsdp2 or a file), or start sftforge with "

@@ -39,7 +39,9 @@ def inside_launched_process() -> bool:
 
 
 def config_dirs() -> list[Path]:
-    return [Path.cwd() / "configs", SOURCE_ROOT / "configs"]
+    return list(
+        dict.fromkeys([Path.cwd() / "configs", SOURCE_ROOT / "configs"])
+    )  # once when they are the same
 
 
 def resolve_accelerate_config(value: str) -> Path:
@@ -58,10 +60,10 @@ def resolve_accelerate_config(value: str) -> Path:
     )
 
 
-def with_absolute_paths(config: Path) -> Path:
-    """A copy of an accelerate config whose DeepSpeed JSON path is absolute, so the launch works from any folder.
-    Relative JSON paths are looked up beside the config's `configs/` folder, then from the current folder."""
-    doc: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+def with_absolute_paths(config: Path, doc: dict[str, Any]) -> Path:
+    """A copy of an accelerate config (`doc`, read from `config`) whose DeepSpeed JSON path is absolute, so the
+    launch works from any folder. Relative JSON paths are looked up beside the config's `configs/` folder, then from
+    the current folder."""
     ds = doc.get("deepspeed_config") or {}
     json_path = ds.get("deepspeed_config_file")
     if not json_path or Path(json_path).is_absolute():
@@ -101,9 +103,8 @@ def mixed_precision_of(training: Any) -> str:
     return "bf16" if training.bf16 else "fp16" if training.fp16 else "no"
 
 
-def check_launchable(config: Path) -> None:
+def check_launchable(doc: dict[str, Any]) -> None:
     """Refuse here, once, what every launched process would refuse (no GPU for FSDP)."""
-    doc = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     if str(doc.get("distributed_type", "")).upper() == "FSDP":
         import torch
 
@@ -113,8 +114,9 @@ def check_launchable(config: Path) -> None:
 
 def launch_command(launch: Any, train_argv: list[str], mixed_precision: str | None = None) -> list[str]:
     config = resolve_accelerate_config(launch.accelerate_config)
-    check_launchable(config)
-    config = with_absolute_paths(config)
+    doc: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    check_launchable(doc)
+    config = with_absolute_paths(config, doc)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     if mixed_precision:
         cmd += ["--mixed_precision", mixed_precision]

@@ -270,9 +270,6 @@ def _training_defaults() -> dict[str, Any]:
     }
 
 
-_NO_DEFAULT = object()
-
-
 def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
     """Sections with every model/data field, and the training fields that differ from the defaults."""
     out: dict[str, dict[str, Any]] = {
@@ -291,7 +288,7 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         if not f.init or f.name in _NOT_DUMPED:
             continue
         value = _plain(getattr(cfg.training, f.name))
-        if f.name in cfg.explicit or value != defaults.get(f.name, _NO_DEFAULT) or f.name == "output_dir":
+        if f.name in cfg.explicit or value != defaults[f.name] or f.name == "output_dir":
             out["training"][f.name] = value
     # Device-dependent choices stay "auto" so the file re-resolves on the machine that reads it (CPU → GPU).
     for key, original in cfg.auto_resolved.items():

@@ -170,7 +170,8 @@ def _resolve_cpu_distribution(
     if sharded is None:
         train["use_cpu"] = True
         return []
-    if sharded == "FSDP" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if sharded == "FSDP" and launched:
         from sftforge.launch import FSDP_NEEDS_GPU
 
         problems.append(FSDP_NEEDS_GPU)
@@ -179,13 +180,13 @@ def _resolve_cpu_distribution(
     if "ddp_backend" not in explicit:
         train["ddp_backend"] = "gloo"
     json_path = train.get("deepspeed")
-    if isinstance(json_path, str) and Path(json_path).is_file() and "WORLD_SIZE" in os.environ:
+    if isinstance(json_path, str) and Path(json_path).is_file() and launched:
         # transformers' own `--deepspeed` set-up asks accelerate for a GPU backend and ignores ddp_backend; the
         # same JSON through accelerate's DeepSpeed plugin (the `accelerate launch` path) takes gloo.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(Path(json_path).resolve())
         auto["deepspeed"] = train.pop("deepspeed")
-    return [f"distributed: {sharded} on CPU over gloo (no GPU)"] if "WORLD_SIZE" in os.environ else []
+    return [f"distributed: {sharded} on CPU over gloo (no GPU)"] if launched else []
 
 
 def _resolve_attention(model: dict, on_gpu: bool, problems: list[str]) -> list[str]:
