@@ -89,3 +89,11 @@ def test_max_bad_row_fraction_outside_0_1_is_refused(value, tmp_path, monkeypatc
     problems: list[str] = []
     check_and_resolve(values, {"max_bad_row_fraction"}, problems, {})
     assert len(problems) == 1 and problems[0].startswith(f"max_bad_row_fraction: {value} must be in [0, 1]")
+
+
+def test_a_missing_deepspeed_json_names_the_key_and_the_shipped_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _, problems, _, _ = resolve({"deepspeed": "configs/deepspeed/zero9.json"}, tmp_path)
+    assert len(problems) == 1
+    assert problems[0].startswith("deepspeed: 'configs/deepspeed/zero9.json' does not exist")
+    assert "configs/deepspeed/zero2.json" in problems[0]

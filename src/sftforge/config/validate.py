@@ -103,6 +103,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         )
     if data.get("max_length", 1024) < 8:
         problems.append(f"max_length: {data['max_length']} is too small; use at least a few hundred tokens.")
+    ds = train.get("deepspeed")
+    if isinstance(ds, str) and ds.endswith(".json") and not Path(ds).is_file():
+        problems.append(
+            f"deepspeed: {ds!r} does not exist (checked relative to {_cwd()}); the shipped ones are "
+            "configs/deepspeed/zero2.json, zero3.json and zero3_offload.json."
+        )
     bad = data.get("max_bad_row_fraction", 0.1)
     if not 0.0 <= bad <= 1.0:
         problems.append(
