@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from sftforge_faults import fault_env
 
 from sftforge.train.checkpoints import MARKER, problems
 
@@ -31,9 +32,7 @@ KILLED = -9
 
 def run_train(model: Path, data: Path, out: Path, *extra: str, fault: str | None = None):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    env.pop("SFTFORGE_FAULT", None)
-    if fault:
-        env["SFTFORGE_FAULT"] = fault
+    env = fault_env(env, fault)
     cmd = [sys.executable, "-m", "sftforge", "train", "--model_name_or_path", str(model),
            "--train_data_path", str(data), "--output_dir", str(out), *COMMON, *extra]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

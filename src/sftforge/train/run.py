@@ -73,10 +73,6 @@ def _is_main_process() -> bool:
 def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedData]:
     """Tokenizer + the examples exactly as the trainer will see them (`sftforge inspect` shows the same)."""
     bundle = load_tokenizer(cfg.model, cfg.data)
-    if os.environ.get("SFTFORGE_FAULT"):  # the reliability tests' fault injection, never set in normal use
-        from sftforge.testing import faults
-
-        faults.delay_preprocessing(os.environ["SFTFORGE_FAULT"])
     # Timed without the tokenizer load, like the peer's figure: the data stage only
     started = time.perf_counter()
     data = prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
@@ -127,10 +123,6 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     cfg.notes.extend(peft_notes)
     trainer = build_trainer(cfg, bundle, data, model)
     trainer.run_identity = identity
-    if os.environ.get("SFTFORGE_FAULT"):  # the reliability tests' fault injection, never set in normal use
-        from sftforge.testing import faults
-
-        faults.install(trainer, os.environ["SFTFORGE_FAULT"])
     trainer.throughput = ThroughputCallback(trainer.tokens, model, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(trainer.throughput)
     if _is_main_process():
