@@ -97,3 +97,59 @@ def test_a_missing_deepspeed_json_names_the_key_and_the_shipped_files(tmp_path, 
     assert len(problems) == 1
     assert problems[0].startswith("deepspeed: 'configs/deepspeed/zero9.json' does not exist")
     assert "configs/deepspeed/zero2.json" in problems[0]
+
+
+def test_nan_policy_skip_is_refused_under_deepspeed(launched, tmp_path):
+    """DeepSpeed applies the optimizer step inside backward: a step cannot be skipped, and saying it was would be
+    false."""
+    launched.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    _, problems, _, _ = resolve({"nan_policy": "skip"}, tmp_path)
+    assert len(problems) == 1 and problems[0].startswith("nan_policy: skip cannot work under DeepSpeed")
+    _, problems, _, _ = resolve({"nan_policy": "stop"}, tmp_path)
+    assert problems == []
+
+
+def _weights(
+    tmp_path, monkeypatch, gpu: bool, training: dict, model: dict | None = None, peft: dict | None = None
+):
+    monkeypatch.setattr("sftforge.config.validate.cuda_available", lambda: gpu)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": []}\n')
+    values = {"model": {"model_name_or_path": str(tmp_path), **(model or {})},
+              "data": {"train_data_path": [str(data)]}, "training": dict(training), "peft": dict(peft or {}),
+              "launch": {}}  # fmt: skip
+    problems: list[str] = []
+    explicit = {"model_name_or_path", "train_data_path", *training, *(model or {}), *(peft or {})}
+    notes = check_and_resolve(values, explicit, problems, {})
+    return values["model"].get("torch_dtype", "auto"), [n for n in notes if n.startswith("weights")], problems
+
+
+def test_full_fine_tuning_on_a_gpu_keeps_fp32_master_weights(tmp_path, monkeypatch):
+    """torch_dtype: auto used to load the checkpoint's bf16 weights on a GPU, so AdamW ran on bf16 parameters
+    under a bf16 autocast that changed nothing: no fp32 master weights, small updates lost."""
+    for key in LAUNCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    dtype, notes, problems = _weights(tmp_path, monkeypatch, True, {"bf16": True})
+    assert dtype == "float32" and problems == [] and "fp32 master weights" in notes[0]
+    dtype, notes, _ = _weights(
+        tmp_path, monkeypatch, True, {"bf16": True}, peft={"finetuning_type": "freeze"}
+    )
+    assert dtype == "float32"
+    # LoRA: the base is frozen, its dtype stays the checkpoint's; peft keeps the adapters in fp32
+    dtype, notes, _ = _weights(tmp_path, monkeypatch, True, {"bf16": True}, peft={"finetuning_type": "lora"})
+    assert dtype == "auto" and "adapters in fp32" in notes[0]
+    # pure bf16 only when asked, and said so
+    dtype, notes, _ = _weights(tmp_path, monkeypatch, True, {"bf16": True}, model={"torch_dtype": "bfloat16"})
+    assert dtype == "bfloat16" and "pure bfloat16" in notes[0]
+    _, _, problems = _weights(tmp_path, monkeypatch, True, {"fp16": True}, model={"torch_dtype": "float16"})
+    assert problems and problems[0].startswith("torch_dtype: float16 with fp16 and full fine-tuning")
+    dtype, notes, _ = _weights(tmp_path, monkeypatch, False, {})
+    assert dtype == "float32" and notes == ["weights: float32 (CPU)"]
+
+
+def test_deepspeed_keeps_its_own_fp32_master_weights(tmp_path, monkeypatch):
+    for key in LAUNCH_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    dtype, notes, _ = _weights(tmp_path, monkeypatch, True, {"bf16": True})
+    assert dtype == "auto" and "DeepSpeed keeps fp32 master weights" in notes[0]

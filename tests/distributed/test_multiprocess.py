@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from sftforge_faults import fault_env
 
 from sftforge.train.checkpoints import problems
 
@@ -36,17 +37,19 @@ COMMON = ("--max_steps", "6", "--learning_rate", "5e-3", "--logging_steps", "1",
 LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-4
 
 
-def env(**extra: str) -> dict[str, str]:
+def env(fault: str | None = None, **extra: str) -> dict[str, str]:
     e = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
              MASTER_ADDR="127.0.0.1")  # fmt: skip
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SFTFORGE_FAULT"):
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         e.pop(key, None)
-    return {**e, **extra}
+    return fault_env({**e, **extra}, fault)
 
 
-def run(cmd: list[str], timeout: int = 600, **extra_env: str) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], timeout: int = 600, fault: str | None = None, **extra_env: str
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        cmd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout, cwd=REPO
+        cmd, env=env(fault, **extra_env), capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
     assert proc.returncode == 0, (" ".join(cmd), proc.stdout[-3000:], _without_noise(proc.stderr)[-6000:])
     return proc
@@ -179,7 +182,7 @@ def test_the_other_ranks_wait_for_a_long_preprocessing_without_a_collective_time
     out = tmp_path / "out"
     proc = run(accelerate("configs/accelerate/zero2.yaml", *train_args(tiny_model_dir, data, out,
                "--per_device_train_batch_size", "2", "--save_strategy", "no", "--max_steps", "2",
-               "--ddp_timeout", "5")), SFTFORGE_FAULT="slow_preprocessing=12")  # fmt: skip
+               "--ddp_timeout", "5")), fault="slow_preprocessing=12")  # fmt: skip
     assert "cache        miss" in proc.stdout  # rank 0 tokenized; rank 1 then loaded its cache entry
     assert len(losses(out)) == 2
 
@@ -217,3 +220,19 @@ def test_loss_is_normalised_by_the_tokens_of_all_ranks():
 
     cfg = load_config(None, ["--model_name_or_path", str(REPO), "--train_data_path", str(REPO / "README.md")])
     assert cfg.training.average_tokens_across_devices is True
+
+
+def test_a_nan_loss_under_deepspeed_stops_before_the_engine_steps(tiny_model_dir, data, tmp_path):
+    """DeepSpeed steps the optimizer inside the backward of the step's last micro-batch, so the guard must decide
+    before that backward: with a NaN loss in step 3 the engine has taken exactly 2 steps when the run stops, and
+    the message says the weights are step 2's (which is then true)."""
+    cmd = accelerate("configs/accelerate/zero2.yaml", *train_args(tiny_model_dir, data, tmp_path / "out",
+                     "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                     "--save_strategy", "no"))  # fmt: skip
+    proc = subprocess.run(cmd, env=env("nan_loss_at_step=3,count_engine_steps=1"), capture_output=True,
+                          text=True, timeout=600, cwd=REPO)  # fmt: skip
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "step 3 (rank 0): the loss is nan; training stopped before the optimizer step" in proc.stderr, (
+        _without_noise(proc.stderr)[-4000:]
+    )
+    assert proc.stdout.count("sftforge-faults: engine steps: 2") == 2, proc.stdout[-3000:]  # both ranks

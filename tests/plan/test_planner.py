@@ -122,11 +122,24 @@ def test_mixed_precision_bytes_per_strategy_for_8_gpus():
             r = strategy_row(shape, inputs, name, checkpointing=False)
             return r.params, r.grads, r.optim
 
-        assert row("ddp") == (2 * p, 2 * 2 * p, optim)  # DDP's reducer buckets: a second gradient copy
+        # DDP and FSDP2 (not DeepSpeed): sftforge loads fp32 weights for full fine-tuning under bf16 autocast, so the
+        # model holds the fp32 masters: 4 (weights) + 4 (gradients) + 8 (m, v) instead of 2 + 2 + 12, and DDP's
+        # forward keeps a bf16 copy of every weight for the backward (+2).
+        amp_optim = 8 * p + 4 * tensors
+        assert row("ddp") == (
+            4 * p + 2 * p,
+            2 * 4 * p,
+            amp_optim,
+        )  # DDP's reducer buckets: a second gradient copy
         assert row("zero1") == (2 * p, 2 * p, optim / n)
         assert row("zero2") == (2 * p, 2 * p / n, optim / n)
         sharded = (2 * p / n + (root + 2 * layer) * 2, 2 * p / n + (root + layer) * 2, optim / n)
-        assert row("zero3") == row("fsdp2") == pytest.approx(sharded)
+        assert row("zero3") == pytest.approx(sharded)
+        fsdp2 = (4 * p / n + (root + 2 * layer) * 2, 4 * p / n + (root + layer) * 2, amp_optim / n)
+        assert row("fsdp2") == pytest.approx(fsdp2)
+        assert sum(row("fsdp2")) == pytest.approx(sum(row("zero3")))  # the same bytes, split differently
+        with_ckpt = strategy_row(shape, inputs, "ddp", checkpointing=True)
+        assert with_ckpt.params == 4 * p + 2 * (root + layer)  # only the recomputed layer's bf16 copies
         assert row("zero3_offload") == ((root + 2 * layer) * 2, (root + layer) * 2, 0.0)
         offload = strategy_row(shape, inputs, "zero3_offload", False)
         assert offload.cpu == 2 * p + optim + 4 * p
@@ -181,7 +194,10 @@ def test_single_gpu_sharding_saves_nothing_and_lora_shrinks_states():
     shape = shape_from_config(LLAMA3_8B)
     one = PlanInputs(num_gpus=1, gpu_memory_gib=24, max_length=4096)
     ddp, zero2 = strategy_row(shape, one, "ddp", False), strategy_row(shape, one, "zero2", False)
-    assert (ddp.params, ddp.grads, ddp.optim) == (zero2.params, zero2.grads, zero2.optim)
+    zero1 = strategy_row(shape, one, "zero1", False)
+    assert (zero1.params, zero1.grads, zero1.optim) == (zero2.params, zero2.grads, zero2.optim)
+    # DDP holds the same 16 bytes per parameter (fp32 masters in the model), plus autocast's bf16 weight copies
+    assert ddp.params + ddp.grads + ddp.optim == zero2.params + zero2.grads + zero2.optim + 2 * L_P
     lora = model_states(shape, "lora", "mixed", lora_r=16)
     t = 16 * 32 * ((4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 3 * (4096 + 14336))
     assert lora.trainable_params == t

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from sftforge.train.guards import NonFiniteError, NonFiniteGuard
 
@@ -52,3 +53,37 @@ def test_no_grad_norm_is_not_a_problem():
     guard = NonFiniteGuard()
     _step(guard, 1, [1.0], None)
     assert not guard.skip_this_step
+
+
+def test_observing_a_micro_batch_reads_nothing_off_the_device():
+    """Losses and token counts on the `meta` device have no values: any read (a host sync on a GPU) would raise.
+    Observing micro-batches must work on them; only the once-per-step decision reads."""
+    from sftforge.train.token_counter import TokenCounter
+
+    guard, counter = NonFiniteGuard(), TokenCounter()
+    for _ in range(4):
+        guard.observe_micro_batch(torch.tensor(2.0, device="meta"), ["a.jsonl:1"])
+        counter.add({"input_ids": torch.ones(2, 8, dtype=torch.long, device="meta"),
+                     "attention_mask": torch.ones(2, 8, dtype=torch.long, device="meta")})  # fmt: skip
+    assert counter.total_tokens == 64  # shapes are known on the host
+    with pytest.raises(RuntimeError, match="meta"):  # the decision does read (once per optimizer step)
+        guard.before_optimizer_step(1, None)
+
+
+def test_a_scaler_owns_gradient_overflow_but_not_a_bad_loss():
+    guard = NonFiniteGuard("stop")
+    guard.observe_loss(torch.tensor(3.0))
+    guard.before_optimizer_step(1, torch.tensor(math.inf), judge_grad_norm=False)  # fp16 overflow: no stop
+    guard.observe_loss(torch.tensor(math.nan))
+    with pytest.raises(NonFiniteError, match="the loss is nan"):
+        guard.before_optimizer_step(2, torch.tensor(1.0), judge_grad_norm=False)
+
+
+def test_a_step_already_applied_is_never_called_unchanged():
+    """DeepSpeed steps inside backward: a non-finite norm seen afterwards stops the run, saying so — not the
+    claim that the weights are still those of the previous step — and skip cannot apply."""
+    guard = NonFiniteGuard("skip")
+    with pytest.raises(NonFiniteError) as e:
+        guard.before_optimizer_step(4, math.inf, applied_anyway="DeepSpeed applies the step inside backward")
+    text = str(e.value)
+    assert "may already be damaged" in text and "still those of step" not in text and guard.skipped_total == 0

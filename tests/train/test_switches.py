@@ -97,7 +97,7 @@ def test_token_metrics_count_trained_batches_only_also_with_workers(tmp_path, ti
     trainer = build_trainer(cfg, bundle, data, AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     batches = [b for _, b in zip(range(2), trainer.get_train_dataloader(), strict=False)]
     assert len(batches) == 2  # one epoch holds more than max_steps batches
-    real = sum(batch_token_counts(b)[0] for b in batches)
+    real = sum(int(batch_token_counts(b)[0]) for b in batches)
     total = sum(batch_token_counts(b)[1] for b in batches)
     assert metrics["seen_tokens"] == real > 0
     assert metrics["real_token_fraction"] == round(real / total, 4)

@@ -172,12 +172,21 @@ class SFTTrainingArguments(TrainingArguments):
         metadata=_help(
             "A NaN/Inf loss or gradient norm: 'stop' ends the run before the optimizer step (the last good "
             "checkpoint stays as it is); 'skip' skips that optimizer step and stops after max_skipped_steps in "
-            "a row.",
+            "a row. With fp16 an Inf gradient is the loss scaler's business (it skips the step itself); under "
+            "DeepSpeed only 'stop' works (its engine steps inside the backward pass).",
             choices=("stop", "skip"),
         ),
     )
     max_skipped_steps: int = field(
         default=3, metadata=_help("With nan_policy: skip, stop after this many non-finite steps in a row.")
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata=_help(
+            "transformers' filter that replaces a NaN/Inf loss in the logs by the mean; off because nan_policy "
+            "already stops or skips such steps, and the filter reads every micro-batch's loss from the GPU (a "
+            "host sync per micro-batch)."
+        ),
     )
     # We tokenize ourselves and keep only model inputs, so the Trainer must not drop columns by signature.
     remove_unused_columns: bool = field(

@@ -57,15 +57,19 @@ def check_and_resolve(
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
     notes += _resolve_precision(train, explicit, on_gpu, problems)
+    if train.get("nan_policy") == "skip" and deepspeed_requested(train):
+        problems.append(
+            "nan_policy: skip cannot work under DeepSpeed: its engine applies the optimizer step inside the "
+            "backward pass, so a step cannot be held back. Use nan_policy: stop (the default; it stops before "
+            "that backward, on the step's losses) — with fp16, DeepSpeed's own loss scaler already skips "
+            "overflowing steps."
+        )
     if not on_gpu and "use_cpu" not in explicit:
         notes += _resolve_cpu_distribution(train, explicit, auto, problems)
     notes += _resolve_attention(model, on_gpu, problems)
     if train.get("use_liger_kernel") and not (on_gpu and importlib.util.find_spec("liger_kernel")):
         why = "no CUDA GPU" if not on_gpu else "liger-kernel is not installed (pip install -e '.[liger]')"
         problems.append(f"use_liger_kernel: Liger's Triton kernels need a CUDA GPU and liger-kernel ({why}).")
-    if model.get("torch_dtype", "auto") == "auto" and not on_gpu:
-        model["torch_dtype"] = "float32"
-        notes.append("weights: float32 (CPU; the checkpoint's dtype is used on GPU)")
     # transformers 5 renamed gradient_checkpointing → activation_checkpointing; accept the familiar name quietly.
     for old, new in (
         ("gradient_checkpointing", "activation_checkpointing"),
@@ -77,7 +81,49 @@ def check_and_resolve(
                 problems.append(f"{old} and {new} are the same setting with different values; keep one.")
             train.setdefault(new, value)
     notes += check_peft(values, explicit, on_gpu, problems, auto)
+    notes += _resolve_weights_dtype(values, on_gpu, problems)
     return notes
+
+
+def _resolve_weights_dtype(values: dict[str, dict[str, Any]], on_gpu: bool, problems: list[str]) -> list[str]:
+    """The dtype the weights load in. Full fine-tuning keeps fp32 master weights under mixed precision: autocast
+    computes in bf16/fp16 while AdamW updates fp32 weights. Loaded in bf16 instead (the checkpoint's dtype), AdamW
+    would update bf16 weights, and every update smaller than bf16's resolution (1/256 of the weight) is lost."""
+    model, train = values["model"], values["training"]
+    wanted = model.get("torch_dtype", "auto")
+    full = values["peft"].get("finetuning_type", "full") in ("full", "freeze")
+    mixed = "bf16" if train.get("bf16") else "fp16" if train.get("fp16") else None
+    deepspeed = deepspeed_requested(train)
+    if wanted == "auto" and not on_gpu:
+        model["torch_dtype"] = "float32"
+        return ["weights: float32 (CPU)"]
+    if wanted == "auto" and full and mixed and not deepspeed:
+        model["torch_dtype"] = "float32"
+        return [
+            f"weights: float32 — fp32 master weights for full fine-tuning ({mixed} autocast computes, AdamW updates "
+            "fp32 weights; torch_dtype: bfloat16 asks for pure bf16, which loses small updates)"
+        ]
+    if wanted == "auto":
+        why = (
+            "DeepSpeed keeps fp32 master weights in its optimizer"
+            if full and deepspeed
+            else "the frozen base; peft keeps the adapters in fp32"
+            if not full
+            else "no mixed precision"
+        )
+        return [f"weights: the checkpoint's dtype ({why})"]
+    if full and not deepspeed and wanted == "float16" and mixed == "fp16":
+        problems.append(
+            "torch_dtype: float16 with fp16 and full fine-tuning cannot train: the fp16 loss scaler refuses fp16 "
+            "gradients. Leave torch_dtype: auto (fp32 master weights, fp16 autocast) or use bf16."
+        )
+        return []
+    if full and not deepspeed and wanted in ("bfloat16", "float16"):
+        return [
+            f"weights: {wanted} (as asked): pure {wanted} training — AdamW updates {wanted} weights without fp32 "
+            "master copies, so updates below their resolution are lost; torch_dtype: auto keeps fp32 masters"
+        ]
+    return [f"weights: {wanted} (as asked)"]
 
 
 def _check_required(model: dict, data: dict, problems: list[str]) -> None:

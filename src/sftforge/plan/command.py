@@ -170,7 +170,12 @@ def format_plan(plan: Plan, model_name: str) -> str:
         f"sftforge plan: {model_name} ({s.model_type or 'unknown type'}): {st.total_params:,} parameters, "
         f"{tied} embeddings{moe}",
         f"  {what}: {st.trainable_params:,} trained; AdamW {p.weight}+{p.grad}+{p.optim} bytes per trained "
-        f"parameter ({i.precision})",
+        f"parameter ({i.precision})"
+        + (
+            "; DDP/FSDP2 rows: fp32 weights in the model, 4+4+8 (+2 for autocast's bf16 copies under DDP)"
+            if i.finetuning_type == "full" and i.precision == "mixed"
+            else ""
+        ),
         f"  {i.num_gpus} GPU(s) x {i.gpu_memory_gib:g} GiB; max_length {i.max_length} x "
         f"per_device_train_batch_size {i.batch_size} = {i.max_length * i.batch_size:,} tokens per micro-batch",
         "",

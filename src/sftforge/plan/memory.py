@@ -160,14 +160,42 @@ def with_headroom(total_bytes: float) -> float:
     return total_bytes * (1 + HEADROOM_FRACTION) + CUDA_CONTEXT_GIB * GIB
 
 
+def fp32_master_in_model(inputs: PlanInputs, strategy: str) -> bool:
+    """sftforge's rule (config/validate.py `_resolve_weights_dtype`): full fine-tuning in mixed precision loads
+    fp32 weights and computes under bf16 autocast, so the model itself holds the fp32 masters — except under
+    DeepSpeed (the ZeRO rows), which holds bf16 weights and keeps the masters in its optimizer. accelerate's
+    FSDP2 likewise keeps the sharded parameters in fp32 under mixed precision."""
+    return inputs.finetuning_type == "full" and inputs.precision == "mixed" and strategy in ("ddp", "fsdp2")
+
+
+def amp_model_states(st: ModelStates, tensors: int) -> ModelStates:
+    """The same trained parameters held as fp32 weights (4) + fp32 gradients (4) + Adam m and v (8): the total
+    equals the ZeRO paper's 2 + 2 + 12, split differently (which matters once sharding splits it)."""
+    t = st.trainable_params
+    return ModelStates(
+        st.total_params, t, params=4.0 * t, grads=4.0 * t, optim=8.0 * t + tensors * ADAM_STEP_BYTES
+    )
+
+
+def autocast_weight_copies(s: ModelShape, checkpointing: bool) -> float:
+    """bf16 copies of fp32 weights that autocast makes in the forward and autograd keeps for the backward (each
+    matmul saves the bf16 weight it used): the whole model, or with checkpointing the recomputed layer and the
+    root (embeddings/LM head) only. An upper bound: the embedding lookup itself is not cast."""
+    return 2.0 * (embedding_params(s) + largest_layer_params(s) if checkpointing else total_params(s))
+
+
 def _sharded_states(
-    s: ModelShape, st: ModelStates, strategy: str, inputs: PlanInputs
+    s: ModelShape, st: ModelStates, strategy: str, inputs: PlanInputs, checkpointing: bool = False
 ) -> tuple[float, float, float, float]:
     """(params, grads, optim, cpu) bytes per GPU for one strategy."""
     _, shard_optim, shard_grads, shard_params, offload = STRATEGIES[strategy]
     n, p = inputs.num_gpus, PRECISIONS[inputs.precision]
     full = inputs.finetuning_type == "full"
+    if fp32_master_in_model(inputs, strategy):
+        st = amp_model_states(st, parameter_tensors(s))
     params = st.params / n if shard_params else st.params
+    if fp32_master_in_model(inputs, strategy) and not shard_params:
+        params += autocast_weight_copies(s, checkpointing)  # FSDP2 casts its gathered units instead (below)
     grads = st.grads / n if shard_grads else st.grads
     optim = st.optim / n if shard_optim else st.optim
     if strategy == "ddp" and n > 1:
@@ -193,7 +221,7 @@ def strategy_row(s: ModelShape, inputs: PlanInputs, strategy: str, checkpointing
         # the 4-bit base is loaded whole on every GPU (bitsandbytes, one device_map per process)
         return Row(strategy, checkpointing, applies=False)
     st = model_states(s, inputs.finetuning_type, inputs.precision, inputs.lora_r)
-    params, grads, optim, cpu = _sharded_states(s, st, strategy, inputs)
+    params, grads, optim, cpu = _sharded_states(s, st, strategy, inputs, checkpointing)
     tokens = inputs.max_length * inputs.batch_size
     act = activation_bytes(
         s,

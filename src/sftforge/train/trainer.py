@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer
 
 from sftforge.errors import SftforgeError
@@ -31,9 +32,10 @@ class SFTTrainer(Trainer):
             getattr(self.args, "nan_policy", "stop"), getattr(self.args, "max_skipped_steps", 3)
         )
         self.rotation_limit: int | None = self.args.save_total_limit
+        self._in_training_step = False  # compute_loss is also called by evaluation: only training is guarded
+        self._decided_before_backward = False  # DeepSpeed: this step was judged before its backward
 
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
-    fault_point: Any = staticmethod(lambda phase: None)  # the reliability tests' hook (testing/faults.py)
 
     # ------------------------------------------------------------------ training steps
 
@@ -48,11 +50,30 @@ class SFTTrainer(Trainer):
             self.args.save_total_limit = self.rotation_limit
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        sources = inputs.pop("sources", None)
+        # Nothing here reads a value off the device: counts and losses stay tensors until a decision or a log
+        # line needs them (one sync per optimizer step instead of one per micro-batch).
+        self.guard.observe_sources(inputs.pop("sources", None))
         self.tokens.add(inputs)
-        loss = super().training_step(model, inputs, *args, **kwargs)
-        self.guard.observe_micro_batch(loss.detach(), sources)
-        return loss
+        self._in_training_step = True
+        try:
+            loss = super().training_step(model, inputs, *args, **kwargs)
+        finally:
+            self._in_training_step = False
+        # The stock loop adds this to the logged running loss: a skipped step's NaN must not poison that mean.
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        result = super().compute_loss(model, inputs, *args, **kwargs)
+        if self._in_training_step:  # not for evaluation, which calls compute_loss too
+            self.guard.observe_loss(result[0] if isinstance(result, tuple) else result)
+            if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
+                # DeepSpeed steps the optimizer inside this micro-batch's backward: decide now, before it, on
+                # the step's losses (its gradient norm exists only after the step).
+                self.guard.before_optimizer_step(
+                    self.state.global_step + 1, None, self.args.process_index, judge_grad_norm=False
+                )
+                self._decided_before_backward = True
+        return result
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         inputs.pop("sources", None)
@@ -61,8 +82,21 @@ class SFTTrainer(Trainer):
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         # The last thing the Trainer computes before optimizer.step(): the guard decides here.
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        step, rank = self.state.global_step + 1, self.args.process_index
+        if self._decided_before_backward:
+            # DeepSpeed: the losses were judged before its step; the norm can only be reported after it. With
+            # fp16 its own loss scaler skips overflowing steps, so an Inf norm is no problem there.
+            self._decided_before_backward = False
+            self.guard.before_optimizer_step(
+                step, grad_norm, rank, judge_grad_norm=not self.args.fp16,
+                applied_anyway="DeepSpeed applies the optimizer step inside the backward pass",
+            )  # fmt: skip
+            return grad_norm
         self._guard_optimizer_step()
-        self.guard.before_optimizer_step(self.state.global_step + 1, grad_norm, self.args.process_index)
+        # fp16 loss scaling produces Inf gradients on purpose now and then; the scaler skips those steps itself.
+        self.guard.before_optimizer_step(
+            step, grad_norm, rank, judge_grad_norm=self.accelerator.scaler is None
+        )
         return grad_norm
 
     def _guard_optimizer_step(self) -> None:
@@ -73,9 +107,14 @@ class SFTTrainer(Trainer):
         step = optimizer.step
 
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
-            if self.guard.skip_this_step:
-                return None
-            return step(*args, **kwargs)
+            if not self.guard.skip_this_step:
+                return step(*args, **kwargs)
+            scaler = self.accelerator.scaler
+            if scaler is not None:
+                # unscale_ already ran for this step (gradient clipping): the scaler must be told the step is
+                # over, else the next step's unscale_ fails ("unscale_() has already been called").
+                scaler.update()
+            return None
 
         optimizer.step = guarded_step
         optimizer._sftforge_guarded = True
@@ -91,7 +130,6 @@ class SFTTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             self.accelerator.wait_for_everyone()  # every rank's files (RNG states, ZeRO shards) are written
             if self.args.should_save:
-                self.fault_point("before_marker")
                 checkpoints.commit(folder, self.run_identity, self._data_position())
         except OSError as e:
             raise self._save_failed(folder, e) from None
@@ -100,15 +138,6 @@ class SFTTrainer(Trainer):
                 folder.parent, self.rotation_limit, self.state.best_model_checkpoint
             ):
                 print(f"sftforge: deleted {gone.name} (save_total_limit={self.rotation_limit})", flush=True)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if _internal_call:
-            self.fault_point("after_model")
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
-        self.fault_point("after_optimizer")
 
     def _data_position(self) -> dict[str, Any]:
         args = self.args
