@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch (lies on this machine's disk). GPU users: see README "GPU install".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast lint format clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# On a CUDA machine: what the CPU suite cannot check (packed attention on the device, flash-attn, bf16 fp32-master
+# full fine-tuning, fp16 loss scaling with the guard, QLoRA + merge, Liger, ZeRO-3, tokens/s and MFU), in minutes.
+# Prints PASS/FAIL/SKIP with a figure per check; writes outputs/gpu-check/report.md. README: "Checking a GPU machine".
+gpu-check: $(STAMP)
+	$(PY) tests/gpu/gpu_check.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
