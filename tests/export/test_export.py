@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import generation_eos_ids
@@ -34,3 +36,36 @@ def test_generation_eos_ids_put_end_of_turn_first():
     assert generation_eos_ids(tok, [3]) == [3, 7]
     assert generation_eos_ids(tok, [7]) == [7]
     assert generation_eos_ids(SimpleNamespace(eos_token_id=None), [3]) == [3]
+
+
+@pytest.mark.slow
+def test_full_fine_tuning_saves_in_the_checkpoints_dtype(tmp_path, make_tiny_model, capsys):
+    """A bf16 checkpoint trains as fp32 master weights (torch_dtype: auto) and is saved as bf16 again, the size
+    users expect; an explicit torch_dtype is saved as trained."""
+    import json
+
+    from safetensors import safe_open
+
+    from sftforge.config import load_config
+    from sftforge.train.run import run_training
+
+    model = make_tiny_model("qwen2", dtype="bfloat16")
+    data = tmp_path / "t.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"Say {i}"}, {"role": "assistant", "content": str(i)}]}
+            for i in range(8)]  # fmt: skip
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    def train(out: str, *extra: str) -> set[str]:
+        run_training(load_config(None, ["--model_name_or_path", str(model), "--train_data_path", str(data),
+                                        "--output_dir", str(tmp_path / out), "--max_steps", "2",
+                                        "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+                                        *extra]))  # fmt: skip
+        with safe_open(str(tmp_path / out / "model.safetensors"), "pt") as f:
+            return {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
+
+    assert train("auto") == {"BF16"}
+    assert (
+        "saved in bfloat16, the checkpoint's dtype (trained with fp32 master weights)"
+        in capsys.readouterr().out
+    )
+    assert train("fp32", "--torch_dtype", "float32") == {"F32"}

@@ -14,6 +14,38 @@ def generation_eos_ids(tokenizer: Any, end_of_turn_ids: list[int]) -> list[int]:
     return ids
 
 
+def restore_checkpoint_dtype(trainer: Any, model_args: Any, dtype_was_auto: bool) -> str | None:
+    """Full fine-tuning with `torch_dtype: auto` trains fp32 weights (fp32 masters, config/validate.py) even when
+    the checkpoint is bf16/fp16; the saved folder goes back to the checkpoint's dtype, the size users expect (the
+    accumulated updates survive; only the final rounding is bf16's). Returns a note for the log, or None when
+    nothing changes (LoRA saves adapters; DeepSpeed/FSDP save their own gathered weights)."""
+    import torch
+    from transformers import AutoConfig
+
+    model = trainer.model
+    if (
+        not dtype_was_auto
+        or trainer.is_deepspeed_enabled
+        or trainer.is_fsdp_enabled
+        or hasattr(model, "peft_config")
+    ):
+        return None
+    if next(model.parameters()).dtype != torch.float32:
+        return None
+    config = AutoConfig.from_pretrained(
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    saved = getattr(torch, saved, None) if isinstance(saved, str) else saved
+    if saved not in (torch.bfloat16, torch.float16):
+        return None
+    model.to(saved)
+    name = str(saved).removeprefix("torch.")
+    return f"saved in {name}, the checkpoint's dtype (trained with fp32 master weights)"
+
+
 def save_model_folder(
     trainer: Any, tokenizer: Any, end_of_turn_ids: list[int], output_dir: str | Path
 ) -> Path:

@@ -19,7 +19,7 @@ from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
-from sftforge.export.save import save_model_folder
+from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
@@ -154,6 +154,9 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
 
     if cfg.data.packing:  # back to a backend any loader knows (the saved config never records it anyway)
         model.set_attn_implementation(cfg.model.attn_implementation)
+    restored = restore_checkpoint_dtype(trainer, cfg.model, "torch_dtype" in cfg.auto_resolved)
+    if restored and trainer.is_world_process_zero():
+        print(f"sftforge: {restored}", flush=True)
     save_model_folder(trainer, bundle.tokenizer, bundle.end_of_turn_ids, out)
     if trainer.is_world_process_zero():
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
