@@ -29,7 +29,6 @@ the run is configured (`check_packed_attention`) and again here if they arrive a
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -75,15 +74,16 @@ def varlen_sdpa_attention(
 ) -> tuple[torch.Tensor, None]:
     """query (batch, heads, q_len, dim), key/value (batch, kv_heads, k_len, dim) → (batch, q_len, heads, dim)."""
     _refuse_what_sdpa_cannot_do(softcap, s_aux)
+    is_causal = kwargs.get("is_causal")
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None:
-        if query.shape[0] != 1:
+        if query.shape[0] != 1 or not causal:
             raise ValueError(
-                f"{VARLEN} expects a flattened batch of shape (1, total_tokens) with cu_seq_lens"
+                f"{VARLEN} expects a causal, flattened batch of shape (1, tokens) with cu_seq_lens"
             )
         layout = kwargs.get(LAYOUT_KEY) or _layout_from_boundaries(cu, query.device)
         return _bucketed(query, key, value, layout, scaling, dropout, sliding_window), None
-    causal = getattr(module, "is_causal", True)
     if attention_mask is None and query.shape[2] == key.shape[2] and causal:
         # Our mask function returned None: no padding and no cache offset. Packed position ids (another
         # collator, without cu_seq_lens) still keep their samples apart; the window is applied here.
@@ -140,10 +140,9 @@ def _bucketed(
     return slots.index_select(0, slot_of_token).unsqueeze(0)
 
 
-def _shapes(layout: Layout) -> Sequence[tuple[int, int]]:
-    return [
-        (int(s), int(m)) for s, m in layout["shapes"]
-    ]  # tuples may come back as lists (pin_memory, pickling)
+def _shapes(layout: Layout) -> list[tuple[int, int]]:
+    """The grid shapes; their tuples may come back as lists (pin_memory, a DataLoader worker's pickling)."""
+    return [(int(s), int(m)) for s, m in layout["shapes"]]
 
 
 def _causal_sdpa(
