@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sftforge.data.buckets import LAYOUT_KEY, bucket_layout
+from sftforge.data import buckets
 from sftforge.data.masking import IGNORE_INDEX
 
 
@@ -80,7 +80,7 @@ class FlatteningCollator:
             **_sources(features),
         }
         if self.bucket_layout:
-            batch[LAYOUT_KEY] = bucket_layout(lengths)
+            batch[buckets.LAYOUT_KEY] = buckets.bucket_layout(lengths)
         return batch
 
 
