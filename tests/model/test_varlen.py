@@ -147,3 +147,114 @@ def test_multi_bucket_batch_matches_unpacked_logits_and_gradients(tiny_model_dir
     for name, p in model.named_parameters():
         scale = p.grad.abs().max()
         assert (packed_grads[name] - p.grad).abs().max() <= 1e-5 * scale, name  # fp32 summation order
+
+
+# ------------------------------------------------------------------ the collator's layout reaches every layer
+
+
+@pytest.mark.parametrize("arch", [*ARCHS, "qwen2_moe"])
+def test_collators_layout_reaches_every_layer_and_equals_the_boundaries_only_path(
+    arch, make_tiny_model, monkeypatch
+):
+    """transformers passes the batch's extra key down to the attention of every layer (MoE too), so no layer
+    rebuilds the layout; the result equals the path that builds it from cu_seq_lens alone."""
+    from sftforge.data.buckets import LAYOUT_KEY
+    from sftforge.model import varlen
+
+    model = _model(make_tiny_model(arch), "sdpa")
+    feats = _features(model.config.vocab_size)
+    batch = FlatteningCollator()(feats)
+    with torch.no_grad():
+        boundaries_only = model(**{k: v for k, v in batch.items() if k != LAYOUT_KEY}).logits
+
+    def rebuilt(*args):
+        raise AssertionError("the layout was rebuilt in the model although the batch carries it")
+
+    monkeypatch.setattr(varlen, "_layout_from_boundaries", rebuilt)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, boundaries_only)
+
+
+def test_layout_reaches_the_attention_through_lora_and_gradient_checkpointing(tiny_model_dir, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from sftforge.model import varlen
+
+    model = _model(tiny_model_dir, "sdpa").train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    seen = []
+    real = varlen._bucketed
+    monkeypatch.setattr(
+        varlen, "_bucketed", lambda q, k, v, layout, *a: seen.append(layout) or real(q, k, v, layout, *a)
+    )
+    monkeypatch.setattr(varlen, "_layout_from_boundaries", lambda *a: pytest.fail("layout rebuilt"))
+    batch = FlatteningCollator()(_features(model.config.vocab_size))
+    model(**batch).loss.backward()
+    layers = model.config.num_hidden_layers
+    assert len(seen) == 2 * layers  # forward + the checkpointed recomputation, all with the collator's layout
+    assert all(layout is seen[0] for layout in seen)
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_packed_position_ids_without_boundaries_still_keep_samples_apart(tiny_model_dir):
+    """Another collator may flatten with restarting position ids only (no cu_seq_lens): still isolated."""
+    model = _model(tiny_model_dir, "sdpa")
+    feats = _features(model.config.vocab_size)[:3]
+    batch = FlatteningCollator()(feats)
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([f["input_ids"]])).logits[0] for f in feats])
+    assert (packed - alone).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------ sliding window
+
+
+def _sliding(arch: str):
+    import transformers
+
+    common = dict(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, sliding_window=8)  # fmt: skip
+    config = {
+        "mistral": lambda: transformers.MistralConfig(**common),
+        # layer 0 full attention, layer 1 sliding (layer_types from max_window_layers)
+        "qwen2-sliding": lambda: transformers.Qwen2Config(
+            **common, use_sliding_window=True, max_window_layers=1
+        ),
+    }[arch]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, attn_implementation="sdpa", dtype=torch.float32
+        )
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["mistral", "qwen2-sliding"])
+def test_packed_sliding_window_matches_the_unpacked_models_attention(arch):
+    """Samples longer and shorter than the window, in several buckets: per-sample logits and parameter gradients
+    equal the unpacked model's own (sdpa, sliding-window mask) forward."""
+    from sftforge.model.varlen import plan_buckets
+
+    model = _sliding(arch)
+    rng = random.Random(2)
+    lengths = [3, 200, 7, 150, 12, 180, 20]
+    assert len(plan_buckets(lengths)) >= 2 and max(lengths) > model.config.sliding_window
+    feats = [{"input_ids": (ids := [rng.randint(3, 199) for _ in range(n)]), "labels": ids} for n in lengths]
+    unpacked, unpacked_loss = [], 0.0
+    for f in feats:
+        alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+        unpacked.append(alone)
+        ids = torch.tensor(f["input_ids"])
+        unpacked_loss = unpacked_loss + F.cross_entropy(alone[:-1], ids[1:], reduction="sum")
+    unpacked_loss.backward()
+    unpacked_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_attn_implementation(packed_attention_backend("sdpa"))
+    batch = FlatteningCollator()(feats)
+    packed = model(**batch).logits[0]
+    assert (packed - torch.cat(unpacked)).abs().max() < 1e-5
+    sum(_per_sample_losses(model, batch)).backward()
+    for name, p in model.named_parameters():
+        assert (unpacked_grads[name] - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), name

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sftforge.data import buckets
 from sftforge.data.masking import IGNORE_INDEX
 
 
@@ -41,12 +42,16 @@ class PaddingCollator:
 class FlatteningCollator:
     """Padding-free batches: every sample of the batch (packed rows carry `seq_lens`) goes into one row of shape
     (1, total_tokens) with position ids restarting per sample and the boundaries as `cu_seq_lens_q/k`, which
-    FlashAttention-2's varlen kernel and `sftforge_varlen` use to keep samples apart.
+    FlashAttention-2's varlen kernel and `sftforge_varlen` use to keep samples apart. With `bucket_layout` (for
+    `sftforge_varlen`), the batch also carries the attention's bucket layout (data/buckets.py), built here once
+    per batch so that the attention layers neither rebuild it nor wait on the device.
 
     The first label of every sample is ignored: in a flat row it would be "predicted" from the previous sample's
     last token; unpacked, it is never predicted at all — so packed and unpacked losses are the same."""
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    bucket_layout: bool = True
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
@@ -64,7 +69,7 @@ class FlatteningCollator:
         cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
         cu[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), dim=0)
         longest = max(lengths)
-        return {
+        batch: dict[str, Any] = {
             "input_ids": torch.tensor([ids], dtype=torch.long),
             "labels": torch.tensor([labels], dtype=torch.long),
             "position_ids": torch.tensor([positions], dtype=torch.long),
@@ -74,6 +79,9 @@ class FlatteningCollator:
             "max_length_k": longest,
             **_sources(features),
         }
+        if self.bucket_layout:
+            batch[buckets.LAYOUT_KEY] = buckets.bucket_layout(lengths)
+        return batch
 
 
 def _sources(features: list[dict[str, Any]]) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
-from sftforge.model.varlen import packed_attention_backend
+from sftforge.model.varlen import VARLEN, check_packing_supported, packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
 from sftforge.train.preprocess_once import run_once_per_machine
 from sftforge.train.resume import OFF, resolve_resume, run_identity
@@ -88,8 +88,10 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         started = time.perf_counter()
         train = pack_examples(train, cfg.data.max_length)
         packing_s, fill = time.perf_counter() - started, packing_efficiency(train, cfg.data.max_length)
-        model.set_attn_implementation(packed_attention_backend(cfg.model.attn_implementation))
-        collator: Any = FlatteningCollator()
+        backend = packed_attention_backend(cfg.model.attn_implementation)
+        model.set_attn_implementation(backend)
+        # The bucket layout is for sftforge_varlen; flash-attn needs only cu_seq_lens
+        collator: Any = FlatteningCollator(bucket_layout=backend == VARLEN)
     else:
         collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
     trainer = SFTTrainer(
@@ -107,6 +109,8 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
+    if cfg.data.packing:  # before the data is prepared: a model packing would compute differently is refused
+        check_packing_supported(cfg.model)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
     # Several processes: the local main process tokenizes and fills the cache first, the others then read it,
