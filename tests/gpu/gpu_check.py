@@ -13,6 +13,8 @@ missing; `--cpu` runs the ones a CPU can run (the test suite does, so the script
   qlora-merge         QLoRA 4-bit training, merge, parity of merged vs base+adapter logits
   liger               use_liger_kernel: first-step loss == without Liger
   zero3               DeepSpeed ZeRO-3 on all visible GPUs through accelerate: losses == one process
+  cuda-tests          the CUDA-only test files (varlen on the GPU: no host sync in a layer under CUDA's sync
+                      debug mode "error", generation with left padding == sdpa, flash-attn varlen)
   throughput          tokens/s and MFU from a bf16 run's log
 """
 
@@ -245,6 +247,16 @@ class Checks:
         assert diff <= 2e-2, f"ZeRO-3 losses differ from one process by {diff}"
         return f"{n} GPU(s): per-step loss max diff vs one process {diff:.1e} (bf16); output folder saved"
 
+    def cuda_tests(self) -> str:
+        """The test files written for CUDA (skipped by the CPU suite): tests/model/test_varlen_cuda.py."""
+        self.need_cuda()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TEST_FILES],
+                              capture_output=True, text=True, cwd=REPO, timeout=600)  # fmt: skip
+        summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+        assert proc.returncode == 0, proc.stdout[-1500:]
+        assert " passed" in summary, summary
+        return summary
+
     def throughput(self) -> str:
         args = ("--bf16", "true") if self.cuda else ("--max_steps", "4")  # a CPU only shows that it is logged
         out, _ = self.train("throughput", "--packing", "true", "--max_length", "512", *args)
@@ -269,8 +281,10 @@ CHECKS: dict[str, Callable[[Checks], str]] = {
     "qlora-merge": Checks.qlora_merge,
     "liger": Checks.liger,
     "zero3": Checks.zero3,
+    "cuda-tests": Checks.cuda_tests,
     "throughput": Checks.throughput,
 }
+CUDA_TEST_FILES = ("tests/model/test_varlen_cuda.py",)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -285,6 +299,8 @@ def _to(batch: dict[str, Any], device: str) -> dict[str, Any]:
             return x.to(device)
         if isinstance(x, (list, tuple)):
             return type(x)(move(v) for v in x)
+        if isinstance(x, dict):  # the collator's bucket layout for sftforge_varlen
+            return {k: move(v) for k, v in x.items()}
         return x
 
     return {k: move(v) for k, v in batch.items() if k != "sources"}

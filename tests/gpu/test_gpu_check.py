@@ -31,9 +31,17 @@ def test_gpu_check_on_the_cpu_runs_what_it_can_and_says_why_it_skips_the_rest(tm
     for name in ("packing-sdpa", "packed==unpacked", "throughput"):
         assert rows[name][0] == "PASS", (name, rows[name])
     assert "max rel. per-sample loss diff" in rows["packing-sdpa"][1]
-    for name in ("packing-flash", "bf16-full-ft", "fp16-guard", "qlora-merge", "liger", "zero3"):
+    for name in (
+        "packing-flash",
+        "bf16-full-ft",
+        "fp16-guard",
+        "qlora-merge",
+        "liger",
+        "zero3",
+        "cuda-tests",
+    ):
         assert rows[name][0] == "SKIP" and "needs a CUDA GPU" in rows[name][1], (name, rows[name])
-    assert "3 passed, 0 failed, 6 skipped" in capsys.readouterr().out
+    assert "3 passed, 0 failed, 7 skipped" in capsys.readouterr().out
 
 
 def test_without_a_gpu_the_default_run_says_so_and_does_nothing(capsys, monkeypatch, tmp_path):
