@@ -105,7 +105,8 @@ class DataArguments:
             "renders earlier turns differently from how the model generates them — Qwen3 drops their reasoning, "
             "gpt-oss ends them with <|end|> — then that row becomes one example per trained turn, each rendered "
             "exactly as inference sees it), split (always one example per trained turn), whole (always one example "
-            "per row; turns the whole render cannot train as generated are refused).",
+            "per row, the whole conversation as rendered, as before this key existed; a turn it cannot place, or "
+            "that ends with a token generation never stops on, refuses the row).",
             choices=("auto", "split", "whole"),
         ),
     )

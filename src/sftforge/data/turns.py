@@ -4,8 +4,9 @@ Many templates rewrite a turn once later turns follow: Qwen3 drops the <think> b
 (Harmony) drops their analysis and ends them with <|end|> instead of the <|return|> the model stops on. Trained as
 the whole conversation renders it, such a turn teaches the model an output it never produces at inference.
 
-- `whole`: one example per row, the whole conversation's render; a turn that cannot be placed and verified in it
-  (e.g. one that ends with a token generation never stops on) is refused.
+- `whole`: one example per row, the whole conversation's render, as before `multi_turn` existed: a turn that cannot
+  be placed and verified in it (e.g. one that ends with a token generation never stops on) refuses the row, but a
+  turn shown differently from how it is generated (Qwen3's earlier turns without their <think>) is trained as shown.
 - `split`: one example per trained assistant turn i: `render(messages[:i], add_generation_prompt=True)` — exactly
   what inference sends — then what the template renders for turn i as the last message; only that turn is trained.
   Where the template keeps the history as it is (most do), the example is exactly `render(messages[:i+1])`.
