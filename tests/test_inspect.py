@@ -106,3 +106,15 @@ def test_bad_policy_names_the_key(recipe: Path, capsys) -> None:
     assert (
         "train_on: 'everything' is not one of all_assistant, last_assistant, all" in capsys.readouterr().err
     )
+
+
+def test_split_rows_are_shown_with_their_turn_and_reported(recipe: Path) -> None:
+    out = io.StringIO()
+    assert inspect_data.run([str(recipe), "--num_examples", "1", "--multi_turn", "split"], stdout=out) == 0
+    text = out.getvalue()
+    assert "train.jsonl:1#turn1 ·" in text.splitlines()[0]
+    assert (
+        " decision     multi_turn split: 11 of 11 rows split into 11 examples, one per trained assistant turn"
+        in text
+    )
+    assert "(as multi_turn: split asks)" in text  # why

@@ -283,3 +283,18 @@ def test_report_to_none_from_cli_stays_the_string_none(data_file):
     cleared = load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file),
                                  "--max_samples", "none"])  # fmt: skip
     assert cleared.data.max_samples is None
+
+
+def test_multi_turn_is_a_choice_and_split_excludes_train_on_all(data_file):
+    base = ["--model_name_or_path", "m", "--train_data_path", str(data_file)]
+    assert load_config(None, base).data.multi_turn == "auto"
+    assert load_config(None, [*base, "--multi_turn", "split"]).data.multi_turn == "split"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*base, "--multi_turn", "sometimes"])
+    assert "multi_turn: 'sometimes' is not one of" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [*base, "--multi_turn", "split", "--train_on", "all"])
+    assert "multi_turn: split trains each assistant turn in its own example, but train_on: all" in str(
+        info.value
+    )
+    assert load_config(None, [*base, "--multi_turn", "auto", "--train_on", "all"]).data.train_on == "all"

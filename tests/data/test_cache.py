@@ -124,6 +124,27 @@ def test_hit_keeps_the_held_out_split(setup: tuple[DataArguments, TokenizeSpec])
     same(first, second)
 
 
+def test_split_rows_and_their_counts_come_back_from_the_cache(
+    setup: tuple[DataArguments, TokenizeSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, spec = setup
+    data, spec = replace(data, multi_turn="split"), replace(spec, multi_turn="split")
+    first = prepare_data(data, spec, seed=0)
+    stats = first.train_stats
+    assert (stats.kept, stats.split_rows, stats.split_examples, len(first.train)) == (
+        12,
+        {"forced": 12},
+        16,
+        16,
+    )
+    assert first.train[0].source.endswith("train.jsonl:1#turn1")
+    with monkeypatch.context() as m:
+        forbid_tokenizing(m)
+        second = prepare_data(data, spec, seed=0)
+    assert second.cache is not None and second.cache.state == "hit"
+    same(first, second)  # examples with their `#turnN` sources, and the split counts
+
+
 def test_summary_reports_the_cache(setup: tuple[DataArguments, TokenizeSpec]) -> None:
     data, spec = setup
 
@@ -185,6 +206,7 @@ CHANGES = {
         p,
     ),
     "truncation": lambda d, s, p: (replace(d, truncation="right"), replace(s, truncation="right"), p),
+    "multi_turn": lambda d, s, p: (replace(d, multi_turn="split"), replace(s, multi_turn="split"), p),
     "max_length": lambda d, s, p: (replace(d, max_length=48), replace(s, max_length=48), p),
     "packing": lambda d, s, p: (replace(d, packing=True), s, p),
     "max_samples": lambda d, s, p: (replace(d, max_samples=5), s, p),

@@ -10,19 +10,28 @@ family's real special tokens (`sftforge.testing.family_tokenizer`). Every exampl
     template renders them) and ends with the template's end-of-turn token; no system/user/tool content and no tool
     description of the tools list is inside a run; BOS appears at most once (Llama 2 writes one per user turn)
     and is never trained;
-(b) refused with a RowError whose reason the tables below expect for that (template, dataset or case), with the
+(b) split (`multi_turn: auto`: the template renders earlier turns differently once later turns follow) into one
+    example per trainable assistant turn i, where the tables below expect it, with the exact count, and an
+    independent check holds for every example: its input starts with exactly the prompt inference sends
+    (`apply_chat_template(messages[:i], add_generation_prompt=True)`), its one trained run follows that prompt
+    directly and is the turn as the template renders it when it is the last message (the end of
+    `apply_chat_template(messages[:i + 1])`), holds the turn's answer, reasoning and tool calls, ends with the token
+    generation stops on, and holds no other message's content;
+(c) refused with a RowError whose reason the tables below expect for that (template, dataset or case), with the
     exact count.
 
 A third outcome is listed explicitly: `BUG tool_calls_not_rendered`, rows sftforge trains although the template
 drops the turn's tool calls (see `test_turn_whose_tool_calls_the_template_drops_is_refused`).
 
-Runtime: every row of every dataset for every template (17 templates × 2,799 rows) takes about 75 s of CPU
-(75–100 s wall on 2 shared cores, measured), under the ~120 s budget, so nothing is sampled. That sweep is marked
+Runtime: every row of every dataset for every template (18 templates × 2,799 rows, split rows checked example by
+example) takes about 95 s of CPU (110–150 s wall on 2 shared cores, measured; the 17 templates before Harmony and
+splitting took 89 s on the same machine), under the ~120 s CPU budget, so nothing is sampled. That sweep is marked
 `slow`; the rest of the module (edge cases, probes, family tokenizers) takes about 6 s.
 """
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections import Counter
 from functools import cache
@@ -37,14 +46,22 @@ from sftforge.data.masking import IGNORE_INDEX, Tokenized
 from sftforge.data.pipeline import TokenizeSpec, process_row
 from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _string_arguments
-from sftforge.testing import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, family_tokenizer
+from sftforge.testing import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 TEMPLATES_DIR = SHARED_FIXTURES / "chat_templates"
+OWN_TEMPLATES_DIR = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+)  # written by us (Harmony)
 DATA_DIR = SHARED_FIXTURES / "data"
 
 DEFAULT = "default"  # sftforge's own ChatML template, with the ChatML family tokenizer
-TEMPLATES = [DEFAULT, *sorted(n for n in TEMPLATE_FAMILY if not n.endswith("_training.jinja"))]
+TEMPLATES = [
+    DEFAULT,
+    *sorted(n for n in TEMPLATE_FAMILY if not n.endswith("_training.jinja")),
+    *sorted(OWN_TEMPLATE_FAMILY),
+]
+HARMONY = "harmony.jinja"
 DATASETS = {
     "alpaca_en": "alpaca_en_demo.json",
     "alpaca_zh": "alpaca_zh_demo.json",
@@ -54,6 +71,7 @@ DATASETS = {
 ROWS = {"alpaca_en": 999, "alpaca_zh": 1000, "glaive": 300, "v1_sft": 500}
 BOS_PER_USER_TURN = {"llama-2-chat.jinja"}  # `bos_token + '[INST] '` opens every user turn
 TRAINED = "trained"
+SPLIT = "split"  # split into one example per trainable turn, each checked (see the module docstring)
 # Trained although the template drops the turn's tool calls. Once sftforge refuses these rows (the xfail test
 # below flips), replace it with "bad: tool_calls_not_rendered" (or whatever reason the fix names).
 BUG_TOOL_CALLS = "BUG tool_calls_not_rendered"  # a trained turn missing its calls: must never happen
@@ -80,8 +98,18 @@ EXPECTED_DATASETS: dict[tuple[str, str], dict[str, int]] = {
     **{(name, "glaive"): {"bad: template_error": GLAIVE_TOOL_ROWS} for name in _ALTERNATING},
     # The original DeepSeek-V3 template concatenates `tool['function']['arguments']` as a string; sftforge passes
     # arguments as a dict (templates apply `| tojson`), so rendering raises TypeError → template_error.
-    # With string arguments (retried) the template renders, but its tool-call turns cannot be placed: refused.
-    ("trl/deepseekv3.jinja", "glaive"): {"bad: template_rewrites_earlier_turns": GLAIVE_TOOL_ROWS},
+    # With string arguments (retried) the template renders, but its tool-call turns cannot be placed in the whole
+    # render (its generation prompt "<｜Assistant｜><think>\n" never appears in it): split, each turn after its
+    # exact inference prompt.
+    ("trl/deepseekv3.jinja", "glaive"): {SPLIT: GLAIVE_TOOL_ROWS},
+    # Qwen3 writes `<think>\n…\n</think>\n\n` (empty without reasoning) into the last turn, but into an earlier one
+    # only when it follows the last user message and has reasoning: every row with an assistant turn before the
+    # last one (all but the 39 single-exchange rows) is split.
+    ("trl/qwen3.jinja", "glaive"): {SPLIT: 300 - 39},
+    # Harmony ends an answer in history with <|end|> (generation stops on <|return|>) and drops the analysis of a
+    # tool call once a final answer follows: split unless the only answer is last (39 single-exchange rows and the
+    # 36 rows user → call → result → answer, whose call carries no analysis).
+    (HARMONY, "glaive"): {SPLIT: 300 - 39 - 36},
     # Phi-3 renders no tool calls and no tool messages; a tool-call-only turn is then empty and cannot be placed
     # (its generation prompt probes as "" because the template appends eos when there is none).
     ("trl/phi3.jinja", "glaive"): {DROPS_CALLS: GLAIVE_TOOL_ROWS},  # the template drops tool calls
@@ -94,7 +122,10 @@ EXPECTED_DATASETS: dict[tuple[str, str], dict[str, int]] = {
 _TOOL_CASES = ("tool_calls", "tool_call_with_text")
 EXPECTED_CASES: dict[tuple[str, str], str] = {
     **{(name, case): "bad: template_error" for name in _ALTERNATING for case in _TOOL_CASES},
-    ("trl/deepseekv3.jinja", "tool_calls"): "bad: template_rewrites_earlier_turns",
+    ("trl/deepseekv3.jinja", "tool_calls"): SPLIT,
+    **{("trl/qwen3.jinja", case): SPLIT for case in ("multi_turn", "multi_turn_reasoning", *_TOOL_CASES)},
+    # tool_calls stays whole: its only answer is last and its tool call has no analysis to drop.
+    **{(HARMONY, case): SPLIT for case in ("multi_turn", "multi_turn_reasoning", "tool_call_with_text")},
     ("trl/phi3.jinja", "tool_calls"): DROPS_CALLS,
     # DeepSeek-V3 keeps only what follows `</think>` of an assistant content (and reads no reasoning_content):
     # the content is transformed, so no method places the turn.
@@ -117,8 +148,9 @@ def templates_dir() -> Path:
 
 @cache
 def spec_for(name: str) -> TokenizeSpec:
-    family = "chatml" if name == DEFAULT else TEMPLATE_FAMILY[name]
-    text = DEFAULT_CHAT_TEMPLATE if name == DEFAULT else (TEMPLATES_DIR / name).read_text(encoding="utf-8")
+    family = "chatml" if name == DEFAULT else {**TEMPLATE_FAMILY, **OWN_TEMPLATE_FAMILY}[name]
+    folder = OWN_TEMPLATES_DIR if name in OWN_TEMPLATE_FAMILY else TEMPLATES_DIR
+    text = DEFAULT_CHAT_TEMPLATE if name == DEFAULT else (folder / name).read_text(encoding="utf-8")
     return TokenizeSpec.build(family_tokenizer(family), text, max_length=1 << 20)
 
 
@@ -164,50 +196,67 @@ def _reasoning(message: Any) -> str:
     return ""
 
 
-def check_trained(
-    name: str, spec: TokenizeSpec, conv: Conversation, out: Tokenized
-) -> tuple[list[str], list[str]]:
-    """(problems, known-bug labels) of a trained example, from the conversation and the labels alone."""
+def render(spec: TokenizeSpec, conv: Conversation, upto: int | None = None, prompt: bool = False) -> str:
+    """The template's own rendering (apply_chat_template) of the conversation's first `upto` messages."""
     tok, info = spec.tokenizer, spec.template
-    problems: list[str] = []
+    messages = conv.template_messages()[:upto]
+    try:
+        text = tok.apply_chat_template(
+            messages, tools=conv.tools, chat_template=info.text, tokenize=False, add_generation_prompt=prompt
+        )
+    except TypeError:  # templates that join arguments as strings (DeepSeek-V3): the OpenAI convention
+        text = tok.apply_chat_template(
+            _string_arguments(messages),
+            tools=conv.tools,
+            chat_template=info.text,
+            tokenize=False,
+            add_generation_prompt=prompt,
+        )
+    return nfc(text)
+
+
+def end_marker(name: str, spec: TokenizeSpec, message: Any) -> str:
+    """The token a trained turn must end with, read off the template by hand: Harmony ends a tool call with
+    <|call|> and a final answer with <|return|>; the other templates have one end-of-turn token."""
+    if name == HARMONY:
+        return "<|call|>" if message.tool_calls else "<|return|>"
+    info = spec.template
+    return info.end_of_turn[0] if info.end_of_turn else spec.tokenizer.eos_token
+
+
+def masked_copy_problems(out: Tokenized) -> list[str]:
     if len(out.labels) != len(out.input_ids) or any(
         label not in (IGNORE_INDEX, i) for i, label in zip(out.input_ids, out.labels, strict=True)
     ):
-        problems.append("labels are not a masked copy of input_ids")
-    full = tok.decode(out.input_ids, skip_special_tokens=False)
-    if info.end_of_turn:  # (without an end-of-turn token sftforge appends eos after each turn)
-        messages = conv.template_messages()
-        try:
-            rendered = tok.apply_chat_template(
-                messages, tools=conv.tools, chat_template=info.text, tokenize=False
-            )
-        except TypeError:  # templates that join arguments as strings (DeepSeek-V3): the OpenAI convention
-            rendered = tok.apply_chat_template(
-                _string_arguments(messages), tools=conv.tools, chat_template=info.text, tokenize=False
-            )
-        if full != nfc(rendered):
-            problems.append("the input ids are not the template's rendering")
-    marker = info.end_of_turn[0] if info.end_of_turn else tok.eos_token
-    assert not any(m.train is True for m in conv.messages if m.role != "assistant")  # none in these data
-    trainable = [i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.train is not False]
-    groups = runs(out.labels)
-    texts = [tok.decode([out.input_ids[k] for k in g], skip_special_tokens=False) for g in groups]
-    if len(groups) != len(trainable):
-        return [*problems, f"{len(groups)} trained runs for {len(trainable)} trainable turns: {texts}"], []
-    bugs: list[str] = []
-    for i, text in zip(trainable, texts, strict=True):
-        message = conv.messages[i]
-        if not text.endswith(marker):
-            problems.append(f"turn {i}: trained run does not end with {marker!r}: {text[-60:]!r}")
-        answer = _answer(message.content, full)
-        if answer not in text:
-            problems.append(f"turn {i}: trained run {text[:80]!r} lacks the answer {answer[:60]!r}")
-        thought = _reasoning(message)
-        if thought and thought in full and thought not in text:
-            problems.append(f"turn {i}: the reasoning is rendered but not trained")
-        names = [call["function"]["name"] for call in message.tool_calls or []]
-        if any(n not in text for n in names):
-            bugs.append(BUG_TOOL_CALLS)
+        return ["labels are not a masked copy of input_ids"]
+    return []
+
+
+def turn_problems(
+    name: str, spec: TokenizeSpec, conv: Conversation, i: int, text: str, full: str
+) -> tuple[list[str], list[str]]:
+    """(problems, bugs) of turn i's trained run `text` within the example's text `full`."""
+    message = conv.messages[i]
+    problems: list[str] = []
+    marker = end_marker(name, spec, message)
+    if not text.endswith(marker):
+        problems.append(f"turn {i}: trained run does not end with {marker!r}: {text[-60:]!r}")
+    answer = _answer(message.content, full)
+    if answer not in text:
+        problems.append(f"turn {i}: trained run {text[:80]!r} lacks the answer {answer[:60]!r}")
+    thought = _reasoning(message)
+    if thought and thought in full and thought not in text:
+        problems.append(f"turn {i}: the reasoning is rendered but not trained")
+    names = [call["function"]["name"] for call in message.tool_calls or []]
+    return problems, [BUG_TOOL_CALLS] if any(n not in text for n in names) else []
+
+
+def context_problems(
+    spec: TokenizeSpec, conv: Conversation, texts: list[str], upto: int | None = None
+) -> list[str]:
+    """No system/user/tool content (as given, or JSON-escaped as Harmony writes tool results) and no tool
+    description of the tools list is inside a trained run."""
+    tok = spec.tokenizer
     # Atomic tokens are cut out of both sides, so "hi" is not found inside "<think>".
     atomic = sorted(tok.get_added_vocab(), key=len, reverse=True)
 
@@ -216,26 +265,98 @@ def check_trained(
             text = text.replace(piece, "\0")
         return text
 
-    answers = [cut(nfc(m.content)) for m in conv.messages if m.role == "assistant"]
+    messages = conv.messages[:upto]
+    answers = [cut(nfc(m.content)) for m in messages if m.role == "assistant"]
     cut_texts = [cut(text) for text in texts]
-    context = [
-        (f"turn {k} ({m.role})", m.content) for k, m in enumerate(conv.messages) if m.role != "assistant"
-    ]
+    context = [(f"turn {k} ({m.role})", m.content) for k, m in enumerate(messages) if m.role != "assistant"]
+    context += [(where, json.dumps(raw, ensure_ascii=False)[1:-1]) for where, raw in context]
     context += [("the tools list", t["function"].get("description") or "") for t in conv.tools or []]
+    problems = []
     for where, raw in context:
         content = cut(nfc(raw.strip()))
         if not content.strip("\0") or any(content in a for a in answers):
             continue
         if any(content in text for text in cut_texts):
             problems.append(f"{where}: its content is inside a trained run")
-    if tok.bos_token is not None:
-        bos = tok.bos_token_id
-        count = out.input_ids.count(bos)
-        users = sum(m.role == "user" for m in conv.messages)
-        if count != users if name in BOS_PER_USER_TURN else count > 1:
-            problems.append(f"BOS appears {count} times ({users} user turns)")
-        if any(out.input_ids[k] == bos for g in groups for k in g):
-            problems.append("BOS is trained")
+    return problems
+
+
+def bos_problems(name: str, spec: TokenizeSpec, conv: Conversation, out: Tokenized, users: int) -> list[str]:
+    tok = spec.tokenizer
+    if tok.bos_token is None:
+        return []
+    problems = []
+    bos = tok.bos_token_id
+    count = out.input_ids.count(bos)
+    if count != users if name in BOS_PER_USER_TURN else count > 1:
+        problems.append(f"BOS appears {count} times ({users} user turns)")
+    if any(out.input_ids[k] == bos for g in runs(out.labels) for k in g):
+        problems.append("BOS is trained")
+    return problems
+
+
+def trainable_turns(conv: Conversation) -> list[int]:
+    assert not any(m.train is True for m in conv.messages if m.role != "assistant")  # none in these data
+    return [i for i, m in enumerate(conv.messages) if m.role == "assistant" and m.train is not False]
+
+
+def check_trained(
+    name: str, spec: TokenizeSpec, conv: Conversation, out: Tokenized
+) -> tuple[list[str], list[str]]:
+    """(problems, known-bug labels) of a trained example, from the conversation and the labels alone."""
+    tok, info = spec.tokenizer, spec.template
+    problems = masked_copy_problems(out)
+    full = tok.decode(out.input_ids, skip_special_tokens=False)
+    if info.end_of_turn and full != render(spec, conv):  # (without one, sftforge appends eos after each turn)
+        problems.append("the input ids are not the template's rendering")
+    trainable = trainable_turns(conv)
+    groups = runs(out.labels)
+    texts = [tok.decode([out.input_ids[k] for k in g], skip_special_tokens=False) for g in groups]
+    if len(groups) != len(trainable):
+        return [*problems, f"{len(groups)} trained runs for {len(trainable)} trainable turns: {texts}"], []
+    bugs: list[str] = []
+    for i, text in zip(trainable, texts, strict=True):
+        turn, turn_bugs = turn_problems(name, spec, conv, i, text, full)
+        problems += turn
+        bugs += turn_bugs
+    problems += context_problems(spec, conv, texts)
+    problems += bos_problems(name, spec, conv, out, sum(m.role == "user" for m in conv.messages))
+    return problems, sorted(set(bugs))
+
+
+def check_split(
+    name: str, spec: TokenizeSpec, conv: Conversation, examples: list[tuple[Any, Tokenized]]
+) -> tuple[list[str], list[str]]:
+    """(problems, bugs) of a row split into one example per trainable turn (see the module docstring)."""
+    tok = spec.tokenizer
+    turns = [int(example.source.rsplit("#turn", 1)[1]) for example, _ in examples]
+    if turns != trainable_turns(conv):
+        return [
+            f"split into examples for turns {turns}, not one per trainable turn {trainable_turns(conv)}"
+        ], []
+    problems: list[str] = []
+    bugs: list[str] = []
+    for i, (_, out) in zip(turns, examples, strict=True):
+        problems += masked_copy_problems(out)
+        groups = runs(out.labels)
+        if len(groups) != 1:
+            problems.append(f"turn {i}: {len(groups)} trained runs in its example")
+            continue
+        full = tok.decode(out.input_ids, skip_special_tokens=False)
+        before = tok.decode(out.input_ids[: groups[0][0]], skip_special_tokens=False)
+        text = tok.decode([out.input_ids[k] for k in groups[0]], skip_special_tokens=False)
+        after = tok.decode(out.input_ids[groups[0][-1] + 1 :], skip_special_tokens=False)
+        if before != render(spec, conv, i, prompt=True):
+            problems.append(f"turn {i}: the example does not start with exactly the inference prompt")
+        upto = render(spec, conv, i + 1)
+        if not upto.rstrip().endswith(text) or after.strip():
+            problems.append(
+                f"turn {i}: the trained run is not the turn as rendered when last: {text[-80:]!r}"
+            )
+        turn, turn_bugs = turn_problems(name, spec, conv, i, text, full)
+        problems += turn + context_problems(spec, conv, [text], i + 1)
+        bugs += turn_bugs
+        problems += bos_problems(name, spec, conv, out, sum(m.role == "user" for m in conv.messages[:i]))
     return problems, sorted(set(bugs))
 
 
@@ -254,10 +375,15 @@ def outcome(name: str, row: SourceRow) -> tuple[str, list[str]]:
     """("trained" | "bad: <reason>" | BUG_TOOL_CALLS | "FAILED", problems)."""
     spec = spec_for(name)
     status, what, payload = process_row(spec, row)
+    conv = to_conversation(row.row, source=row.source)
+    if status == "split":
+        assert payload.reason == "rewritten" and not payload.dropped
+        problems, bugs = check_split(name, spec, conv, payload.examples)
+        return ("FAILED", problems) if problems else ((bugs[0] if bugs else SPLIT), [])
     if status != "ok":
         cause = refusal_cause(name, what)
         return f"{status}: {what}", [] if cause in payload else [f"expected {cause!r} in: {payload}"]
-    problems, bugs = check_trained(name, spec, to_conversation(row.row, source=row.source), payload[1])
+    problems, bugs = check_trained(name, spec, conv, payload[1])
     if problems:
         return "FAILED", problems
     return (bugs[0] if bugs else TRAINED), []
@@ -285,12 +411,17 @@ END_OF_TURN = {
     "trl/qwen2_5.jinja": "<|im_end|>",
     "trl/qwen3.jinja": "<|im_end|>",
 }
+# Harmony: <|return|> after a final answer that is last, <|end|> after one in history, <|call|> after a tool call;
+# generation stops on <|return|> and <|call|> (after <|end|> the model goes on with its next message).
+TERMINATORS = {HARMONY: (("<|return|>", "<|end|>", "<|call|>"), ("<|return|>", "<|call|>"))}
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_end_of_turn_probe_finds_the_templates_marker(templates_dir: Path, name: str) -> None:
     """The check below trusts TemplateInfo.end_of_turn; pin it to what each template really writes."""
-    assert spec_for(name).template.end_of_turn == (END_OF_TURN[name],)
+    info = spec_for(name).template
+    ends, stops = TERMINATORS.get(name, ((END_OF_TURN.get(name),), (END_OF_TURN.get(name),)))
+    assert (info.end_of_turn, info.stop_tokens) == (ends, stops)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -184,8 +184,8 @@ def test_sentinel_render_is_made_only_when_needed(tok: Any, monkeypatch: pytest.
     import sftforge.data.spans as spans
 
     calls = []
-    real = spans.locate_contents
-    monkeypatch.setattr(spans, "locate_contents", lambda *a: calls.append(1) or real(*a))
+    real = spans.locate_parts
+    monkeypatch.setattr(spans, "locate_parts", lambda *a: calls.append(1) or real(*a))
     assert trained_runs(tok, encode(tok, conv(*MULTI))) == ["A1" + IM_END, "A2" + IM_END]
     assert calls == []
     flagged = conv(

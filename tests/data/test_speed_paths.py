@@ -3,7 +3,7 @@
 Fast: rows in batches (`process_rows` through `parallel.run_chunks` with the tokenizer thread), the compiled template
 rendered directly (`templates.make_renderer`), the Rust tokenizer called once per batch with pieces split at added
 tokens and memoised (`encoding.PieceEncoder`), and decoding in one batch.
-Reference: one row at a time through `tokenize_conversation`, rendering through `tokenizer.apply_chat_template`,
+Reference: one row at a time through `tokenize_row`, rendering through `tokenizer.apply_chat_template`,
 tokenizing through `tokenizer(pieces)` and verifying through `tokenizer.decode` — what the code did before the fast
 paths existed. Same ids, same labels, same span methods, same truncation, same refusals with the same messages.
 """
@@ -22,6 +22,7 @@ import pytest
 
 import sftforge.data.encoding as encoding
 import sftforge.data.spans as spans
+import sftforge.data.turns as turns
 from sftforge.data.encoding import PieceEncoder, decode_many, overlappable
 from sftforge.data.formats import to_conversation
 from sftforge.data.parallel import chunked, run_chunks
@@ -31,12 +32,12 @@ from sftforge.data.pipeline import (
     DROPPED_NOT_BAD,
     TokenizeSpec,
     process_rows,
-    tokenize_conversation,
+    tokenize_row,
 )
 from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _reference_renderer, make_renderer
 from sftforge.errors import RowError
-from sftforge.testing import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, family_tokenizer
+from sftforge.testing import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 DATASETS = (
     "alpaca_en_demo.json",
@@ -45,7 +46,9 @@ DATASETS = (
     "v1_sft_demo.jsonl",
     "c4_demo.jsonl",
 )
-TEMPLATES = ["default", *sorted(TEMPLATE_FAMILY)]
+TEMPLATES = ["default", *sorted(TEMPLATE_FAMILY), *sorted(OWN_TEMPLATE_FAMILY)]
+OWN_TEMPLATES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
+SHARED_TEMPLATES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "chat_templates"
 
 
 @contextmanager
@@ -54,6 +57,7 @@ def reference_paths() -> Iterator[None]:
     mp = pytest.MonkeyPatch()
     try:
         mp.setattr(spans, "make_renderer", _reference_renderer)
+        mp.setattr(turns, "make_renderer", _reference_renderer)
         mp.setattr(encoding, "plain_backend", lambda tokenizer: None)
         yield
     finally:
@@ -66,13 +70,15 @@ def reference_row(spec: TokenizeSpec, row: SourceRow) -> tuple[str, str, Any]:
         if row.error is not None:
             raise row.error
         conv = to_conversation(row.row, source=row.source)
-        tok = tokenize_conversation(
-            conv, spec.tokenizer, spec.template, spec.max_length, spec.options, spec.truncation
-        )
+        out = tokenize_row(conv, spec)
     except RowError as e:
         status = "drop" if e.reason in DROPPED_NOT_BAD else "fatal" if e.reason in ALWAYS_FATAL else "bad"
         return status, e.reason, f"{row.source}: {e.detail}"
-    return "ok", conv.format, (tok.input_ids, tok.labels, tok.method, tok.truncated)
+    toks = [(tok.input_ids, tok.labels, tok.method, tok.truncated) for tok in out.examples]
+    if out.split is None:
+        return "ok", conv.format, toks[0]
+    sources = [f"{row.source}#turn{turn}" for turn in out.turns]
+    return "split", conv.format, (out.split.reason, toks, sources, dict(out.dropped))
 
 
 def fast_rows(spec: TokenizeSpec, rows: list[SourceRow]) -> list[tuple[str, str, Any]]:
@@ -82,12 +88,21 @@ def fast_rows(spec: TokenizeSpec, rows: list[SourceRow]) -> list[tuple[str, str,
     )
     for batch in batches:
         for status, what, payload in batch:
-            if status == "ok":
-                example, tok = payload
-                assert (example.input_ids, example.labels) == (tok.input_ids, tok.labels)
-                payload = (tok.input_ids, tok.labels, tok.method, tok.truncated)
-            out.append((status, what, payload))
+            out.append((status, what, plain(status, payload)))
     return out
+
+
+def plain(status: str, payload: Any) -> Any:
+    """A process_rows payload as reference_row writes it."""
+    if status not in ("ok", "split"):
+        return payload
+    pairs = payload.examples if status == "split" else [payload]
+    for example, tok in pairs:
+        assert (example.input_ids, example.labels) == (tok.input_ids, tok.labels)
+    toks = [(tok.input_ids, tok.labels, tok.method, tok.truncated) for _, tok in pairs]
+    if status == "ok":
+        return toks[0]
+    return payload.reason, toks, [example.source for example, _ in pairs], dict(payload.dropped)
 
 
 def reference_rows(spec: TokenizeSpec, rows: list[SourceRow]) -> list[tuple[str, str, Any]]:
@@ -110,8 +125,8 @@ def fixture_rows(path: str) -> tuple[SourceRow, ...]:
 def template_spec(name: str, max_length: int) -> TokenizeSpec:
     from sftforge.data.templates import TemplateInfo  # noqa: F401 — TokenizeSpec.build probes it
 
-    family = "chatml" if name == "default" else TEMPLATE_FAMILY[name]
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "chat_templates"
+    family = "chatml" if name == "default" else {**TEMPLATE_FAMILY, **OWN_TEMPLATE_FAMILY}[name]
+    root = OWN_TEMPLATES if name in OWN_TEMPLATE_FAMILY else SHARED_TEMPLATES
     text = DEFAULT_CHAT_TEMPLATE if name == "default" else (root / name).read_text(encoding="utf-8")
     return TokenizeSpec.build(family_tokenizer(family), text, max_length, truncation="turns")
 
@@ -144,7 +159,7 @@ def test_batched_rows_equal_the_one_row_reference(
 def test_batched_rows_equal_the_reference_for_every_template(name: str, shared_data: Path) -> None:
     """Every fixture template with its family's tokenizer, on the edge cases and the first rows of each dataset,
     with a short max_length so that rounds are dropped."""
-    if name != "default" and not (shared_data.parent / "chat_templates" / name).is_file():
+    if name not in ("default", *OWN_TEMPLATE_FAMILY) and not (SHARED_TEMPLATES / name).is_file():
         pytest.skip(f"template {name} not found")
     spec = template_spec(name, 160)
     rows = [SourceRow(row, f"edge:{case}") for case, row in EDGE_CASES.items()]
@@ -192,7 +207,8 @@ TRICKY = [
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_piece_encoder_equals_the_tokenizer_call(family: str, shared_data: Path) -> None:
     tok = family_tokenizer(family)
-    spec = template_spec(next(n for n, f in TEMPLATE_FAMILY.items() if f == family), 1 << 20)
+    templates = {**TEMPLATE_FAMILY, **OWN_TEMPLATE_FAMILY}
+    spec = template_spec(next(n for n, f in templates.items() if f == family), 1 << 20)
     texts = TRICKY + rendered_texts(spec, shared_data)
     texts += [t[: len(t) // 2] for t in texts] + [t[len(t) // 3 :] for t in texts]  # cuts anywhere
     encoder = PieceEncoder(tok)
@@ -290,10 +306,7 @@ def test_batched_rows_cannot_loop_when_encodings_are_not_found_again(
     import sftforge.data.rows as rows_mod
 
     fresh = itertools.count()
-    monkeypatch.setattr(rows_mod, "_key", lambda index, conv: (index, next(fresh)))
+    monkeypatch.setattr(rows_mod, "_key", lambda index, conv, mode: (index, next(fresh)))
     rows = list(fixture_rows(str(shared_data / "glaive_toolcall_en_demo.json"))[:20])
-    fast = [
-        (s, w, p if s != "ok" else (p[1].input_ids, p[1].labels, p[1].method, p[1].truncated))
-        for s, w, p in rows_mod.process_rows(tiny_spec, rows)
-    ]
+    fast = [(s, w, plain(s, p)) for s, w, p in rows_mod.process_rows(tiny_spec, rows)]
     assert_same(fast, reference_rows(tiny_spec, rows), rows)

@@ -98,6 +98,18 @@ class DataArguments:
         default=True,
         metadata=_help("Train the <think> reasoning block of assistant turns (false: it is context only)."),
     )
+    multi_turn: str = field(
+        default="auto",
+        metadata=_help(
+            "Conversations with several trained assistant turns: auto (one example per row, unless the chat template "
+            "renders earlier turns differently from how the model generates them — Qwen3 drops their reasoning, "
+            "gpt-oss ends them with <|end|> — then that row becomes one example per trained turn, each rendered "
+            "exactly as inference sees it), split (always one example per trained turn), whole (always one example "
+            "per row, the whole conversation as rendered, as before this key existed; a turn it cannot place, or "
+            "that ends with a token generation never stops on, refuses the row).",
+            choices=("auto", "split", "whole"),
+        ),
+    )
     truncation: str = field(
         default="turns",
         metadata=_help(

@@ -155,6 +155,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
             f"deepspeed: {ds!r} does not exist (checked relative to {_cwd()}); the shipped ones are "
             "configs/deepspeed/zero2.json, zero3.json and zero3_offload.json."
         )
+    if data.get("multi_turn") == "split" and data.get("train_on") == "all":
+        problems.append(
+            "multi_turn: split trains each assistant turn in its own example, but train_on: all trains every token "
+            "of the conversation; with split every example would train the shared history again. Use multi_turn: "
+            "auto or whole with train_on: all."
+        )
     bad = data.get("max_bad_row_fraction", 0.1)
     if not 0.0 <= bad <= 1.0:
         problems.append(

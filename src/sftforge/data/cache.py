@@ -93,6 +93,7 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
         "train_on": spec.options.train_on,
         "train_on_reasoning": spec.options.train_on_reasoning,
         "truncation": spec.truncation,
+        "multi_turn": spec.multi_turn,
         "packing": bool(data.packing),
         "max_samples": data.max_samples,
         "on_bad_rows": data.on_bad_rows,

@@ -195,10 +195,7 @@ def verify_spans(
     for i, turn in rendered.turns.items():
         if not any(s <= turn.body_start and turn.end <= e for s, e in spans):
             continue  # not trained under this policy
-        if info.end_of_turn and not any(text.endswith(m, 0, turn.end) for m in info.end_of_turn):
-            raise RowError(
-                "end_of_turn_missing", f"turn {i} (assistant): no end-of-turn token after it to train"
-            )
+        check_turn_end(text, turn.end, i, info)
         missing = [
             n for n in _tool_names(conv.messages[i].tool_calls) if n not in text[turn.start : turn.end]
         ]
@@ -225,6 +222,25 @@ def verify_spans(
                 "mask_mismatch",
                 f"turn {k} ({message.role}): part of its content would be trained; refusing the row",
             )
+
+
+def check_turn_end(text: str, end: int, i: int, info: TemplateInfo) -> None:
+    """A trained turn ends with a token that generation stops on (<|im_end|>; Harmony: <|return|> after an answer,
+    <|call|> after a tool call — not <|end|>, which the template writes after answers in history)."""
+    if not info.end_of_turn:
+        return  # no end-of-turn token: eos is appended after the turn
+    stops = info.stop_tokens or info.end_of_turn
+    if any(text.endswith(m, 0, end) for m in stops):
+        return
+    other = next((m for m in info.end_of_turn if text.endswith(m, 0, end)), None)
+    if other is None:
+        raise RowError("end_of_turn_missing", f"turn {i} (assistant): no end-of-turn token after it to train")
+    raise RowError(
+        "end_of_turn_missing",
+        f"turn {i} (assistant): the template ends it with {other} here, but a generation ends with "
+        f"{' or '.join(stops)}: it renders this turn differently once later turns follow. multi_turn: auto or "
+        "split trains each such turn in its own example, rendered as inference sees it",
+    )
 
 
 def _holds_content(rendered: RenderedConversation, i: int, turn: Any, content: str) -> bool:
@@ -263,7 +279,17 @@ def plan_conversation(conv: Conversation, tokenizer: Any, info: TemplateInfo, op
         text = conv.meta["text"]
         eos = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
         return Plan(text, [(0, len(text))], "text", verify=False, append=eos)
-    rendered = render_conversation(conv, tokenizer, info)
+    return plan_rendered(conv, render_conversation(conv, tokenizer, info), tokenizer, info, options)
+
+
+def plan_rendered(
+    conv: Conversation,
+    rendered: RenderedConversation,
+    tokenizer: Any,
+    info: TemplateInfo,
+    options: MaskOptions,
+) -> Plan:
+    """`plan_conversation` from the whole conversation's render, already made."""
     spans = trained_char_spans(conv, rendered, options)
     if not spans:
         raise RowError("no_trainable_tokens", "no turn is marked for training under this policy")

@@ -27,6 +27,7 @@ from sftforge.data.rows import (  # re-exported: the pipeline's public names
     process_row,
     process_rows,
     tokenize_conversation,
+    tokenize_row,
 )
 from sftforge.errors import DataError
 
@@ -46,6 +47,7 @@ __all__ = [
     "process_rows",
     "split_holdout",
     "tokenize_conversation",
+    "tokenize_row",
 ]
 
 
@@ -59,6 +61,11 @@ class DataStats:
     truncated: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    # Rows split into one example per trained turn (`multi_turn`), by why (a turns.SPLIT_REASONS key); the
+    # examples they gave; and their examples dropped for length (the row itself is kept), by reason.
+    split_rows: Counter = field(default_factory=Counter)
+    split_examples: int = 0
+    split_dropped: Counter = field(default_factory=Counter)
 
     @property
     def trained_fraction(self) -> float:
@@ -132,14 +139,20 @@ def build_examples(
                 stats.dropped[what] += 1
                 first_bad.setdefault(what, payload)
                 continue
-            example, tok = payload
-            examples.append(example)
+            pairs = [payload]
+            if status == "split":
+                pairs = payload.examples
+                stats.split_rows[payload.reason] += 1
+                stats.split_examples += len(pairs)
+                stats.split_dropped.update(payload.dropped)
             stats.kept += 1
             stats.formats[what] += 1
-            stats.methods[tok.method] += 1
-            stats.truncated += int(tok.truncated)
-            stats.tokens += len(example.input_ids)
-            stats.trained_tokens += len(example.labels) - example.labels.count(-100)
+            for example, tok in pairs:
+                examples.append(example)
+                stats.methods[tok.method] += 1
+                stats.truncated += int(tok.truncated)
+                stats.tokens += len(example.input_ids)
+                stats.trained_tokens += len(example.labels) - example.labels.count(-100)
     finally:
         batches.close()
     if on_bad_rows == "skip":
@@ -221,6 +234,9 @@ def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
     return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
 
 
+_COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
+
+
 def _from_cache(splits: dict[str, Split], stats: dict[str, Any], status: CacheStatus) -> PreparedData:
     def examples(name: str) -> list[Example]:
         split = splits[name]
@@ -229,7 +245,7 @@ def _from_cache(splits: dict[str, Split], stats: dict[str, Any], status: CacheSt
     def data_stats(doc: dict[str, Any] | None) -> DataStats | None:
         if doc is None:
             return None
-        counters = {k: Counter(doc[k]) for k in ("formats", "dropped", "methods")}
+        counters = {k: Counter(doc.get(k, {})) for k in _COUNTERS}
         return DataStats(**{**doc, **counters})
 
     train_stats = data_stats(stats["train"])

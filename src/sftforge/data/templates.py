@@ -235,24 +235,30 @@ class _RememberingSandbox(ImmutableSandboxedEnvironment):
 
 @dataclass(frozen=True)
 class TemplateInfo:
-    """What masking needs to know about a template, probed once by rendering a tiny conversation."""
+    """What masking needs to know about a template, probed once by rendering tiny conversations."""
 
     text: str
-    end_of_turn: tuple[
-        str, ...
-    ]  # special token(s) emitted right after an assistant's content, e.g. <|im_end|>
+    # Every special token the template writes right after an assistant turn, in any situation: first the one after
+    # a final answer that is the last message (e.g. <|im_end|>), then others (Harmony: <|end|> after an answer in
+    # history, <|call|> after a tool call). Empty: the template ends turns with no special token.
+    end_of_turn: tuple[str, ...]
     generation_prompt: str  # what add_generation_prompt appends, e.g. "<|im_start|>assistant\n"
     has_generation_markers: bool  # {% generation %} blocks (TRL-style training templates)
     supports_reasoning: bool  # the template reads `reasoning_content`
+    # The end-of-turn tokens that end a generation: those after the last message when it is a final answer or a tool
+    # call. Harmony's <|end|> is not one: the model writes it after its analysis and then goes on with the answer.
+    stop_tokens: tuple[str, ...] = ()
 
     @classmethod
     def probe(cls, tokenizer: Any, template: str) -> TemplateInfo:
+        terminators = turn_terminators(tokenizer, template)
         return cls(
             text=template,
-            end_of_turn=tuple(end_of_turn_markers(tokenizer, template)),
+            end_of_turn=terminators.all,
             generation_prompt=generation_prompt(tokenizer, template),
             has_generation_markers=bool(_GENERATION_BLOCK.search(template)),
             supports_reasoning="reasoning_content" in template,
+            stop_tokens=terminators.stops,
         )
 
 
@@ -265,12 +271,72 @@ def generation_prompt(tokenizer: Any, template: str) -> str:
     return with_prompt[len(os.path.commonprefix([with_prompt, without])) :]
 
 
+_PROBE = "sftforge-probe-4f1c"
+_PROBE_ARGUMENT = "sftforge-probe-call-7b3e"
+_PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "sftforge_probe",
+        "description": "A probe.",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    },
+}
+_PROBE_CALL = {
+    "type": "function",
+    "function": {"name": "sftforge_probe", "arguments": {"q": _PROBE_ARGUMENT}},
+}
+
+
+@dataclass(frozen=True)
+class Terminators:
+    all: tuple[str, ...]  # TemplateInfo.end_of_turn
+    stops: tuple[str, ...]  # TemplateInfo.stop_tokens
+
+
+def turn_terminators(tokenizer: Any, template: str) -> Terminators:
+    """What the template really writes after an assistant turn, in each situation masking meets: a final answer
+    that is the last message (what the model emits to stop), the same answer with a user turn after it (history),
+    and a tool call that is the last message. ChatML writes <|im_end|> in all three; Harmony writes <|return|>,
+    <|end|> and <|call|>. A template that does not render tool calls (or refuses them) adds nothing for that probe."""
+    user = {"role": "user", "content": "hi"}
+    answer = {"role": "assistant", "content": _PROBE}
+    last = _first_special_after(tokenizer, template, [user, answer], None, _PROBE)
+    if last is None:  # no end-of-turn token at all: sftforge appends eos after trained turns
+        return Terminators((), ())
+    history = _first_special_after(
+        tokenizer, template, [user, answer, {"role": "user", "content": "again"}], None, _PROBE
+    )
+    call = {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}
+    tool_call = _first_special_after(tokenizer, template, [user, call], [_PROBE_TOOL], _PROBE_ARGUMENT)
+    return Terminators(
+        tuple(dict.fromkeys(t for t in (last, history, tool_call) if t)),
+        tuple(dict.fromkeys(t for t in (last, tool_call) if t)),
+    )
+
+
+def _first_special_after(
+    tokenizer: Any, template: str, messages: list[dict[str, Any]], tools: list[dict] | None, anchor: str
+) -> str | None:
+    try:
+        text = make_renderer(tokenizer, template, tools)(messages, False)
+    except RowError:
+        return None  # the template refuses this shape (e.g. tool calls): nothing to learn from it
+    if anchor not in text:
+        return None
+    found = _special_run(tokenizer, text[text.rfind(anchor) + len(anchor) :])
+    return found[0] if found else None
+
+
 def end_of_turn_markers(tokenizer: Any, template: str) -> list[str]:
-    """Special tokens the template emits right after an assistant's content (e.g. <|im_end|>, <|eot_id|>, </s>)."""
-    probe = "sftforge-probe-4f1c"
-    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    """Special tokens the template emits right after an assistant's content (e.g. <|im_end|>, <|eot_id|>, </s>)
+    when that answer is the last message; see `turn_terminators` for the other situations."""
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
     text = make_renderer(tokenizer, template, None)(msgs, False)
-    tail = text[text.rfind(probe) + len(probe) :]
+    return _special_run(tokenizer, text[text.rfind(_PROBE) + len(_PROBE) :])[:1]
+
+
+def _special_run(tokenizer: Any, tail: str) -> list[str]:
+    """The first run of special tokens in `tail` (text before it is skipped)."""
     specials = sorted(set(tokenizer.all_special_tokens) | _added_special(tokenizer), key=len, reverse=True)
     found: list[str] = []
     pos = 0
@@ -284,7 +350,7 @@ def end_of_turn_markers(tokenizer: Any, template: str) -> list[str]:
             if found:  # the first special run after the content is the end-of-turn
                 break
             pos += 1
-    return found[:1] if found else []
+    return found
 
 
 def _added_special(tokenizer: Any) -> set[str]:

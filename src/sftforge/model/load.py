@@ -20,9 +20,12 @@ class TokenizerBundle:
     notes: list[str]
 
     @property
-    def end_of_turn(self) -> list[str]:  # e.g. ["<|im_end|>"]; the eos token when the template emits none
+    def end_of_turn(self) -> list[str]:
+        """The end-of-turn tokens generation stops on (generation_config's eos), e.g. ["<|im_end|>"]; Harmony:
+        <|return|> and <|call|>, not <|end|> (the model goes on after it). The eos token when the template emits
+        none."""
         if self.template.end_of_turn:
-            return list(self.template.end_of_turn)
+            return list(self.template.stop_tokens or self.template.end_of_turn)
         return [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
 
     @property

@@ -1,7 +1,14 @@
 """Tiny models and tokenizers built locally (no network), for tests, the offline demo and benchmarks."""
 
 from sftforge.testing.corpus import default_corpus
-from sftforge.testing.families import EDGE_CASES, FAMILIES, TEMPLATE_FAMILY, FamilySpec, family_tokenizer
+from sftforge.testing.families import (
+    EDGE_CASES,
+    FAMILIES,
+    OWN_TEMPLATE_FAMILY,
+    TEMPLATE_FAMILY,
+    FamilySpec,
+    family_tokenizer,
+)
 from sftforge.testing.tiny import (
     ARCHITECTURES,
     EOS_TOKEN,
@@ -19,6 +26,7 @@ __all__ = [
     "EOS_TOKEN",
     "EXTRA_TOKENS",
     "FAMILIES",
+    "OWN_TEMPLATE_FAMILY",
     "PAD_TOKEN",
     "SPECIAL_TOKENS",
     "TEMPLATE_FAMILY",

@@ -107,6 +107,23 @@ FAMILIES: dict[str, FamilySpec] = {
         pad="<｜end▁of▁sentence｜>",
         added=("<｜User｜>", "<｜Assistant｜>", "<think>", "</think>", *_DEEPSEEK_TOOLS),
     ),
+    # gpt-oss (Harmony, o200k_harmony): eos <|return|> (what a final answer ends with), pad <|endoftext|>, no bos
+    # added; every Harmony marker is special. Its template is tests/fixtures/chat_templates/harmony.jinja (ours).
+    "gptoss": FamilySpec(
+        eos="<|return|>",
+        bos="<|startoftext|>",
+        pad="<|endoftext|>",
+        specials=(
+            "<|endoftext|>",
+            "<|start|>",
+            "<|end|>",
+            "<|message|>",
+            "<|channel|>",
+            "<|call|>",
+            "<|constrain|>",
+            "<|endofprompt|>",
+        ),
+    ),
 }
 
 # Fixture template file (relative to the chat_templates folder) → the family whose tokenizer it was written for.
@@ -134,6 +151,10 @@ TEMPLATE_FAMILY: dict[str, str] = {
         for variant in ("", "_training")
     },
 }
+
+
+# Templates written by sftforge for its tests (tests/fixtures/chat_templates/) → the family they are written for.
+OWN_TEMPLATE_FAMILY: dict[str, str] = {"harmony.jinja": "gptoss"}
 
 
 @cache

@@ -63,7 +63,14 @@ def check_output_dir(cfg: SFTConfig) -> Path:
 
 def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
     options = MaskOptions(train_on=cfg.data.train_on, train_on_reasoning=cfg.data.train_on_reasoning)
-    return TokenizeSpec(bundle.tokenizer, bundle.template, cfg.data.max_length, options, cfg.data.truncation)
+    return TokenizeSpec(
+        bundle.tokenizer,
+        bundle.template,
+        cfg.data.max_length,
+        options,
+        cfg.data.truncation,
+        cfg.data.multi_turn,
+    )
 
 
 def _is_main_process() -> bool:

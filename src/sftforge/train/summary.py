@@ -19,11 +19,32 @@ def _steps(num_examples: int, args: Any) -> tuple[int, int]:
     return per_step, math.ceil(batches / args.gradient_accumulation_steps) * math.ceil(args.num_train_epochs)
 
 
+def split_decision(stats: Any, multi_turn: str) -> list[str]:
+    """The `decision` line for rows split into one example per trained turn (none when no row was)."""
+    from sftforge.data.turns import SPLIT_REASONS
+
+    rows = sum(stats.split_rows.values())
+    if not rows:
+        return []
+    reasons = stats.split_rows.most_common()
+    why = "; ".join(SPLIT_REASONS.get(r, r) + (f": {n} rows" if len(reasons) > 1 else "") for r, n in reasons)
+    line = (
+        f" decision     multi_turn {multi_turn}: {rows} of {stats.kept} rows split into {stats.split_examples} "
+        f"examples, one per trained assistant turn, each rendered exactly as inference sees it ({why})"
+    )
+    if stats.split_dropped:
+        line += "; of their examples dropped: " + ", ".join(
+            f"{k}: {v}" for k, v in stats.split_dropped.most_common()
+        )
+    return [line]
+
+
 def data_summary_lines(cfg: Any, data: Any) -> list[str]:
     """The data part of the start-up summary; `sftforge inspect` prints the same lines."""
     stats = data.train_stats
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
     return [
+        *split_decision(stats, cfg.data.multi_turn),
         f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
         + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
         f" dropped      {dropped}",
