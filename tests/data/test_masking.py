@@ -253,10 +253,17 @@ def test_decomposed_unicode_content_is_trained(tok: Any) -> None:
 
 def test_content_starting_with_newline_is_never_mistrained(tok: Any) -> None:
     """ "\\n" after the header and the content's leading "\\n" merge into one token that crosses the turn
-    boundary. It must either be refused (mask_mismatch) or trained as the whole content; never half-trained."""
+    boundary. It must either be refused (mask_mismatch) or trained as the whole content; never half-trained.
+    The ids are the whole text's (what inference sees), so the merged "\\n\\n" token is trained: it produces the
+    content's first character, and what it brings from the header is whitespace (the documented straddle)."""
     c = conv(("user", "Code?"), ("assistant", "\nprint(1)"))
-    out = tokenize(tok, c)  # tokenized piecewise at turn edges, so the merge cannot happen
-    assert run_texts(tok, out) == ["\nprint(1)" + IM_END]
+    out = tokenize(tok, c)
+    text = tok.apply_chat_template(c.template_messages(), chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False)
+    assert out.input_ids == ids(tok, text)
+    assert run_texts(tok, out) == ["\n\nprint(1)" + IM_END]
+    first = runs(out)[0][0]
+    assert tok.decode(out.input_ids[first : first + 1]) == "\n\n"  # the one token across the turn's start
+    assert tok.decode(out.input_ids[:first]).endswith(HEADER[:-1])  # the prompt before it, untrained
 
 
 def test_trailing_and_inner_whitespace_is_trained_as_is(tok: Any) -> None:
