@@ -105,6 +105,12 @@ EXPECTED_CASES: dict[tuple[str, str], str] = {
     ): DROPS_CALLS,  # the template drops the call: refused, not trained
     ("trl/llama3.jinja", "tool_calls"): DROPS_CALLS,
     ("trl/llama3.jinja", "tool_call_with_text"): DROPS_CALLS,
+    # Mistral v0.1's SentencePiece tokenizer (legacy normalizer) puts a "▁" after every special token, so an answer
+    # holding the text `</s>` (the eos) tokenizes to something that decodes with an extra space: refused.
+    **{
+        (name, "template_like_text"): "bad: mask_mismatch"
+        for name in ("mistral-instruct.jinja", "zephyr.jinja")
+    },
 }
 
 
@@ -185,7 +191,9 @@ def check_trained(
             rendered = tok.apply_chat_template(
                 _string_arguments(messages), tools=conv.tools, chat_template=info.text, tokenize=False
             )
-        if full != nfc(rendered):
+        # What inference sees: the tokenizer's own tokenization of the whole rendering (SentencePiece's legacy
+        # normalizer does not decode back to it, so the ids are compared, not the decoded text).
+        if out.input_ids != tok(rendered, add_special_tokens=False)["input_ids"]:
             problems.append("the input ids are not the template's rendering")
     marker = info.end_of_turn[0] if info.end_of_turn else tok.eos_token
     assert not any(m.train is True for m in conv.messages if m.role != "assistant")  # none in these data
@@ -247,6 +255,8 @@ def refusal_cause(name: str, reason: str) -> str:
         return "its content could not be located"
     if reason == "tool_calls_not_rendered":
         return "does not render its tool call(s)"
+    if reason == "mask_mismatch":
+        return "does not round-trip"
     return f"(no {reason} refusal is expected)"
 
 
@@ -305,8 +315,13 @@ def test_family_tokenizer_carries_exactly_its_families_tokens(family: str) -> No
     foreign = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>", "<think>"} - set(own)
     for token in foreign:  # another family's marker is plain text here
         assert len(tok(token, add_special_tokens=False)["input_ids"]) > 1, token
-    text = "".join(own) + " [INST] 你好 👋🏽 <|im_end|><|eot_id|>"
-    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False) == text
+    rest = " [INST] 你好 👋🏽 <|im_end|><|eot_id|>"
+    text = "".join(own) + rest
+    decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
+    if spec.sentencepiece == "legacy":  # Llama 2's legacy normalizer puts a "▁" after every special token
+        assert decoded == "".join(own) + " " + rest
+    else:
+        assert decoded == text
     assert (
         tok("x")["input_ids"][0] == tok.bos_token_id
     ) == spec.add_bos  # a plain call adds bos like the real one
