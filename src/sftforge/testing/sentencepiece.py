@@ -93,6 +93,8 @@ def _train_pieces(texts: Iterable[str], vocab_size: int) -> dict[str, Any]:
         # The bytes ride along as "special" only to get ids 3…258; they are not added tokens afterwards.
         special_tokens=[*SP_SPECIAL_TOKENS, *BYTE_TOKENS],
         min_frequency=2,
+        # The rarest characters fall back to bytes rather than outgrow `vocab_size` (SentencePiece's coverage).
+        limit_alphabet=vocab_size - len(SP_SPECIAL_TOKENS) - len(BYTE_TOKENS),
         show_progress=False,
     )
     backend.train_from_iterator(_without_special_tokens(texts), trainer=trainer)
