@@ -22,8 +22,11 @@ Speed comes from four things, each exact:
 4. Placing a position inside a part without offsets (which cost a second, slower tokenizer call): where the ids of
    the part's text up to the position (memoised: mostly a template's few characters after a special token, like
    "assistant\\n") are the first ids of the whole part, those tokens spell exactly that text — token strings
-   concatenate to the normalized text, and these pipelines normalize a prefix to a prefix — so no token crosses the
-   position. Only where that fails (a token crosses it) or is not worth it are offsets asked for.
+   concatenate to the normalized text, and the part-local pipelines above normalize a prefix to a prefix — so no
+   token crosses the position. Only where that fails (a token crosses it), where the prefix is longer than the rest
+   of the part (encoding it would cost more than offsets), or without the split are offsets asked for. Masking
+   decodes every trained run back and compares it with its text, so a pipeline that broke this would refuse rows,
+   not mistrain them.
 """
 
 from __future__ import annotations
@@ -143,10 +146,10 @@ class PieceEncoder:
             else:  # a token crosses the position: only offsets say which
                 need_offsets[part] = None
         for part, offsets in zip(need_offsets, self._offsets(list(need_offsets)), strict=True):
-            for rel in inner[part]:
-                self.cuts[part, rel] = (
-                    self._cut_without_offsets(part, rel) if offsets is None else _cut(offsets, rel)
-                )
+            if offsets is None:
+                self.cuts.update({(part, rel): self._cut_without_offsets(part, rel) for rel in inner[part]})
+            else:
+                self.cuts.update({(part, rel): cut for rel, cut in _cuts(offsets, inner[part]).items()})
 
     def _worth_probing(self, part: str, rel: int) -> bool:
         head = part[:rel]
@@ -228,21 +231,26 @@ class _Layout:
         return None if local is None else local.shifted(self.firsts[k], self.starts[k])
 
 
-def _cut(offsets: list[tuple[int, int]], pos: int) -> Cut:
-    """The Cut at `pos` from token offsets (character ranges into the text; a byte-fallback or byte-level token of
-    a multi-byte character spans the whole character, a prepended "▁" the character it is glued to)."""
+def _cuts(offsets: list[tuple[int, int]], positions: set[int]) -> dict[int, Cut]:
+    """The Cut at each position from token offsets (character ranges into the text; a byte-fallback or byte-level
+    token of a multi-byte character spans the whole character, a prepended "▁" the character it is glued to)."""
     starts = [a for a, _ in offsets]
     ends = [b for _, b in offsets]
-    if starts == sorted(starts) and ends == sorted(ends):
-        before, after = bisect_right(ends, pos), bisect_left(starts, pos)
-    else:  # not ordered (no known tokenizer): count directly
-        before = sum(b <= pos for b in ends)
-        after = sum(a < pos for a in starts)
-    after = max(after, before)  # an empty token at `pos` lies before it
-    if after == before:
-        return Cut(before, after, pos, pos)
-    crossing = offsets[before:after]
-    return Cut(before, after, min(a for a, _ in crossing), max(b for _, b in crossing))
+    ordered = starts == sorted(starts) and ends == sorted(ends)  # always, for the tokenizers we know
+    out = {}
+    for pos in positions:
+        if ordered:
+            before, after = bisect_right(ends, pos), bisect_left(starts, pos)
+        else:
+            before, after = sum(b <= pos for b in ends), sum(a < pos for a in starts)
+        after = max(after, before)  # an empty token at `pos` lies before it
+        crossing = offsets[before:after]
+        out[pos] = (
+            Cut(before, after, min(a for a, _ in crossing), max(b for _, b in crossing))
+            if crossing
+            else Cut(before, after, pos, pos)
+        )
+    return out
 
 
 def _decode_anchor(tokenizer: Any) -> tuple[int, str] | None:

@@ -178,7 +178,6 @@ def _labels(plan: Plan, ids: list[int], cuts: dict[int, Cut | None]) -> tuple[li
     labels = [IGNORE_INDEX] * len(ids)
     trained: list[int] = []
     expected: list[str] = []
-    done = 0  # tokens already given to an earlier span
     for start, end in plan.spans:
         head, tail = cuts[start], cuts[end]
         if head is None or tail is None:
@@ -189,15 +188,14 @@ def _labels(plan: Plan, ids: list[int], cuts: dict[int, Cut | None]) -> tuple[li
             )
         first, last = head.before, tail.after
         if plan.verify:
-            _check_edges(text, start, end, head, tail, first < done)
+            _check_edges(text, start, end, head, tail)
         labels[first:last] = ids[first:last]
         trained += ids[first:last]
         expected.append(text[min(head.start, start) : end])
-        done = last
     return labels, trained, "".join(expected)
 
 
-def _check_edges(text: str, start: int, end: int, head: Cut, tail: Cut, shared: bool) -> None:
+def _check_edges(text: str, start: int, end: int, head: Cut, tail: Cut) -> None:
     """What a token crossing a span edge may bring into training: whitespace before the span's start (the "▁" of
     SentencePiece's first word, a newline byte-level BPE merged), nothing else."""
     if head.start < start and text[head.start : start].strip():
@@ -211,12 +209,6 @@ def _check_edges(text: str, start: int, end: int, head: Cut, tail: Cut, shared: 
             "mask_mismatch",
             f"a token crosses the end of the trained text: {text[tail.start : tail.end]!r} also holds "
             f"{text[end : tail.end]!r} of the text after it, which must not be trained",
-        )
-    if shared:
-        raise RowError(
-            "mask_mismatch",
-            f"one token holds the end of a trained text and the start of the next (at character {start}), so the "
-            "text between them would be trained",
         )
 
 
