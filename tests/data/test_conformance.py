@@ -136,6 +136,12 @@ EXPECTED_CASES: dict[tuple[str, str], str] = {
     ): DROPS_CALLS,  # the template drops the call: refused, not trained
     ("trl/llama3.jinja", "tool_calls"): DROPS_CALLS,
     ("trl/llama3.jinja", "tool_call_with_text"): DROPS_CALLS,
+    # Mistral v0.1's SentencePiece tokenizer (legacy normalizer) puts a "▁" after every special token, so an answer
+    # holding the text `</s>` (the eos) tokenizes to something that decodes with an extra space: refused.
+    **{
+        (name, "template_like_text"): "bad: mask_mismatch"
+        for name in ("mistral-instruct.jinja", "zephyr.jinja")
+    },
 }
 
 
@@ -307,7 +313,10 @@ def check_trained(
     tok, info = spec.tokenizer, spec.template
     problems = masked_copy_problems(out)
     full = tok.decode(out.input_ids, skip_special_tokens=False)
-    if info.end_of_turn and full != render(spec, conv):  # (without one, sftforge appends eos after each turn)
+    # What inference sees: the tokenizer's own tokenization of the whole rendering (SentencePiece's legacy
+    # normalizer does not decode back to it, so the ids are compared, not the decoded text). Without an end-of-turn
+    # token sftforge appends eos after each turn, so the rendering is not the input.
+    if info.end_of_turn and out.input_ids != tok(render(spec, conv), add_special_tokens=False)["input_ids"]:
         problems.append("the input ids are not the template's rendering")
     trainable = trainable_turns(conv)
     groups = runs(out.labels)
@@ -346,10 +355,19 @@ def check_split(
         before = tok.decode(out.input_ids[: groups[0][0]], skip_special_tokens=False)
         text = tok.decode([out.input_ids[k] for k in groups[0]], skip_special_tokens=False)
         after = tok.decode(out.input_ids[groups[0][-1] + 1 :], skip_special_tokens=False)
-        if before != render(spec, conv, i, prompt=True):
+        prompt = render(spec, conv, i, prompt=True)
+        # The prompt's trailing whitespace may merge with the turn's into one trained token (the whitespace
+        # straddle whole-text tokenization allows); nothing else may differ.
+        tail = prompt[len(before) :] if prompt.startswith(before) else None
+        straddle = before != prompt and bool(tail) and tail.isspace() and text.startswith(tail)
+        if before != prompt and not straddle:
             problems.append(f"turn {i}: the example does not start with exactly the inference prompt")
+        own = text[len(tail) :] if straddle else text  # the turn's own text, without the prompt's whitespace
+        cut = [t for t in tok.get_added_vocab() if any(own.startswith(t[k:]) for k in range(1, len(t) - 1))]
+        if cut:  # the turn was cut out of the render inside a marker (DeepSeek-V3's "<think>" vs "<｜tool…")
+            problems.append(f"turn {i}: the trained run starts inside the marker {cut[0]!r}: {own[:40]!r}")
         upto = render(spec, conv, i + 1)
-        if not upto.rstrip().endswith(text) or after.strip():
+        if not upto.rstrip().endswith(own) or after.strip():
             problems.append(
                 f"turn {i}: the trained run is not the turn as rendered when last: {text[-80:]!r}"
             )
@@ -368,6 +386,8 @@ def refusal_cause(name: str, reason: str) -> str:
         return "its content could not be located"
     if reason == "tool_calls_not_rendered":
         return "does not render its tool call(s)"
+    if reason == "mask_mismatch":
+        return "does not round-trip"
     return f"(no {reason} refusal is expected)"
 
 
@@ -436,8 +456,13 @@ def test_family_tokenizer_carries_exactly_its_families_tokens(family: str) -> No
     foreign = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>", "<think>"} - set(own)
     for token in foreign:  # another family's marker is plain text here
         assert len(tok(token, add_special_tokens=False)["input_ids"]) > 1, token
-    text = "".join(own) + " [INST] 你好 👋🏽 <|im_end|><|eot_id|>"
-    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False) == text
+    rest = " [INST] 你好 👋🏽 <|im_end|><|eot_id|>"
+    text = "".join(own) + rest
+    decoded = tok.decode(tok(text, add_special_tokens=False)["input_ids"], skip_special_tokens=False)
+    if spec.sentencepiece == "legacy":  # Llama 2's legacy normalizer puts a "▁" after every special token
+        assert decoded == "".join(own) + " " + rest
+    else:
+        assert decoded == text
     assert (
         tok("x")["input_ids"][0] == tok.bos_token_id
     ) == spec.add_bos  # a plain call adds bos like the real one

@@ -253,10 +253,17 @@ def test_decomposed_unicode_content_is_trained(tok: Any) -> None:
 
 def test_content_starting_with_newline_is_never_mistrained(tok: Any) -> None:
     """ "\\n" after the header and the content's leading "\\n" merge into one token that crosses the turn
-    boundary. It must either be refused (mask_mismatch) or trained as the whole content; never half-trained."""
+    boundary. It must either be refused (mask_mismatch) or trained as the whole content; never half-trained.
+    The ids are the whole text's (what inference sees), so the merged "\\n\\n" token is trained: it produces the
+    content's first character, and what it brings from the header is whitespace (the documented straddle)."""
     c = conv(("user", "Code?"), ("assistant", "\nprint(1)"))
-    out = tokenize(tok, c)  # tokenized piecewise at turn edges, so the merge cannot happen
-    assert run_texts(tok, out) == ["\nprint(1)" + IM_END]
+    out = tokenize(tok, c)
+    text = tok.apply_chat_template(c.template_messages(), chat_template=DEFAULT_CHAT_TEMPLATE, tokenize=False)
+    assert out.input_ids == ids(tok, text)
+    assert run_texts(tok, out) == ["\n\nprint(1)" + IM_END]
+    first = runs(out)[0][0]
+    assert tok.decode(out.input_ids[first : first + 1]) == "\n\n"  # the one token across the turn's start
+    assert tok.decode(out.input_ids[:first]).endswith(HEADER[:-1])  # the prompt before it, untrained
 
 
 def test_trailing_and_inner_whitespace_is_trained_as_is(tok: Any) -> None:
@@ -505,3 +512,39 @@ def test_template_refusing_the_role_order_is_a_row_error(bpe: Any, templates_dir
     with pytest.raises(RowError) as err:
         tokenize_conversation(c, t, template, 4096, truncation="right")
     assert err.value.reason == "template_error" and "refused this conversation" in err.value.detail
+
+
+def test_a_tokenizer_without_offsets_places_edges_by_prefix_or_refuses(tok: Any) -> None:
+    """A tokenizer that gives no offsets (a slow one): a span edge is placed where the ids of the text before it
+    lead the whole text's ids; where a token crosses the edge the row is refused, never trained by a guess."""
+
+    class NoOffsets(type(tok)):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("return_offsets_mapping"):
+                raise NotImplementedError("no offsets here")
+            return super().__call__(*args, **kwargs)
+
+    slow = copy.deepcopy(tok)
+    slow.__class__ = NoOffsets
+    plain = conv(("user", "Hi"), ("assistant", "Hello there."))
+    assert tokenize(slow, plain) == tokenize(tok, plain)
+    crossing = conv(("user", "Code?"), ("assistant", "\nprint(1)"))  # "\n\n" crosses the turn's start
+    with pytest.raises(RowError) as err:
+        tokenize(slow, crossing)
+    assert err.value.reason == "mask_mismatch" and "gives no offsets" in err.value.detail
+
+
+def test_a_token_across_a_span_edge_is_trained_only_for_leading_whitespace(tok: Any) -> None:
+    """The straddle rule: a token that produces trained characters is trained; what it brings from before the
+    span may be whitespace only, and nothing after the span's end. Otherwise the row is refused."""
+    text = "Say: the answer<|im_end|>"
+    assert len(ids(tok, " answer")) == 1  # one token, " answer", across a span that starts at "a"
+    out = tokenize_with_spans(tok, text, [(text.index("answer"), len(text))])
+    assert out.input_ids == ids(tok, text)
+    assert run_texts(tok, out) == [" answer<|im_end|>"]  # the space comes along with its word
+    with pytest.raises(RowError) as err:  # the span starts inside "answer": "an" would be trained as well
+        tokenize_with_spans(tok, text, [(text.index("swer"), len(text))])
+    assert err.value.reason == "mask_mismatch" and "crosses the start" in err.value.detail
+    with pytest.raises(RowError) as err:  # the span ends inside "answer": "wer" would be trained as well
+        tokenize_with_spans(tok, text, [(0, text.index("wer"))])
+    assert err.value.reason == "mask_mismatch" and "crosses the end" in err.value.detail

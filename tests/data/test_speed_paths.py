@@ -23,7 +23,7 @@ import pytest
 import sftforge.data.encoding as encoding
 import sftforge.data.spans as spans
 import sftforge.data.turns as turns
-from sftforge.data.encoding import PieceEncoder, decode_many, overlappable
+from sftforge.data.encoding import Cut, PieceEncoder, decode_many, overlappable
 from sftforge.data.formats import to_conversation
 from sftforge.data.parallel import chunked, run_chunks
 from sftforge.data.pipeline import (
@@ -171,6 +171,12 @@ def test_batched_rows_equal_the_reference_for_every_template(name: str, shared_d
 # ---------------------------------------------------------------- the pieces
 
 
+def family_template(family: str) -> str:
+    """A fixture template written for `family` ("llama2-legacy": Llama 2's, the same tokens as "llama2")."""
+    templates = {**TEMPLATE_FAMILY, **OWN_TEMPLATE_FAMILY}
+    return next(n for n, f in templates.items() if f == family.removesuffix("-legacy"))
+
+
 def rendered_texts(spec: TokenizeSpec, shared_data: Path, per_dataset: int = 25) -> list[str]:
     texts = []
     for dataset in DATASETS[:4]:
@@ -207,18 +213,85 @@ TRICKY = [
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_piece_encoder_equals_the_tokenizer_call(family: str, shared_data: Path) -> None:
     tok = family_tokenizer(family)
-    templates = {**TEMPLATE_FAMILY, **OWN_TEMPLATE_FAMILY}
-    spec = template_spec(next(n for n, f in templates.items() if f == family), 1 << 20)
+    spec = template_spec(family_template(family), 1 << 20)
     texts = TRICKY + rendered_texts(spec, shared_data)
     texts += [t[: len(t) // 2] for t in texts] + [t[len(t) // 3 :] for t in texts]  # cuts anywhere
     encoder = PieceEncoder(tok)
-    assert encoder.split is not None  # these tokenizers get the by-parts path
+    # These tokenizers get the by-parts path, but for a Metaspace pre-tokenizer that marks only the text's start
+    # ("llama2"): a part encoded alone would get a "▁" it lacks after an added token.
+    assert (encoder.split is not None) == (FAMILIES[family].sentencepiece != "metaspace")
     want = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert encoder.encode(texts) == want
     assert encoder.encode(list(reversed(texts))) == list(reversed(want))  # from the memo now
     assert decode_many(tok, want) == [
         tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) for ids in want
     ]
+
+
+def reference_cut(offsets: list[tuple[int, int]], pos: int) -> Cut:
+    """The Cut at `pos` read off the tokenizer's own offsets, token by token."""
+    before = sum(1 for _, end in offsets if end <= pos)
+    after = max(before, sum(1 for start, _ in offsets if start < pos))
+    crossing = offsets[before:after]
+    if not crossing:
+        return Cut(before, after, pos, pos)
+    return Cut(before, after, min(a for a, _ in crossing), max(b for _, b in crossing))
+
+
+def inside_parts(encoder: PieceEncoder, text: str) -> list[int]:
+    """One position inside each part, a few characters in (where spans start, after "<|im_start|>assistant" or
+    "[/INST]"): in the first half of the part, where `locate` probes instead of asking for offsets."""
+    parts = encoder.split[0](text) if encoder.split else [text]
+    positions, start = [], 0
+    for part in parts:
+        rel = min(len(part) // 2, 1 + start % 4)
+        if rel:
+            positions.append(start + rel)
+        start += len(part)
+    return positions
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_locate_equals_the_tokenizers_offsets(family: str, shared_data: Path) -> None:
+    """Placing positions among the whole text's tokens, by prefix probes (no offsets asked) or by offsets, gives
+    what the tokenizer's `return_offsets_mapping` says — at every character of tricky texts and at many of real
+    renderings, including positions inside words, multi-byte characters and added tokens."""
+    tok = family_tokenizer(family)
+    spec = template_spec(family_template(family), 1 << 20)
+    texts = TRICKY + rendered_texts(spec, shared_data, per_dataset=6)
+    near = [inside_parts(PieceEncoder(tok), t) for t in texts]
+    spread = [list(range(len(t) + 1)) if len(t) < 80 else list(range(0, len(t) + 1, 7)) for t in texts]
+    for positions in (near, spread):
+        encoder = PieceEncoder(tok)
+        asked: list[str] = []
+        offsets = encoder._offsets
+        encoder._offsets = lambda parts, asked=asked, offsets=offsets: (asked.extend(parts), offsets(parts))[
+            1
+        ]
+        got = encoder.locate(texts, positions)
+        again = encoder.locate(list(reversed(texts)), list(reversed(positions)))  # from the memos now
+        assert again == list(reversed(got))
+        for text, wanted, (ids, cuts) in zip(texts, positions, got, strict=True):
+            enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+            assert ids == enc["input_ids"]
+            assert cuts == [reference_cut(enc["offset_mapping"], pos) for pos in wanted], text[:60]
+        placed_inside = {part for part, _ in encoder.cuts}
+        if positions is near and encoder.split is not None:  # some placed by probing, without offsets
+            assert len(asked) < len(placed_inside), (len(asked), len(placed_inside))
+
+
+def test_a_crossing_token_is_found_by_offsets_where_the_probe_fails() -> None:
+    """ "\n" closing a ChatML header and a content's leading "\n" merge into one byte-level token: the probe (the
+    header's ids start the part's ids) fails, and the offsets place the crossing token."""
+    tok = family_tokenizer("chatml")
+    text = "<|im_start|>assistant\n\nprint(1)<|im_end|>"
+    pos = text.index("\nprint")
+    encoder = PieceEncoder(tok)
+    assert encoder.split is not None
+    ((ids, [cut]),) = encoder.locate([text], [[pos]])
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    assert cut.after == cut.before + 1 and tok.decode(ids[cut.before : cut.after]) == "\n\n"
+    assert (cut.start, cut.end) == (pos - 1, pos + 1)
 
 
 def test_parts_are_not_used_where_they_would_change_ids() -> None:

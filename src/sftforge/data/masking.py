@@ -1,8 +1,13 @@
 """Labels: which rendered characters are trained (the policy), their tokens, and the verification of every example.
 
-Spans come from `spans.render_conversation`; the policy picks among them; the text is tokenized piece by piece at
-the span edges so no token straddles a prompt/answer boundary (and answer tokens are the ones the model produces at
-inference, where the prompt ends at the generation prompt). Labels never come from "token == pad/eos".
+Spans come from `spans.render_conversation`; the policy picks among them. The input ids are the tokenization of the
+whole rendered text — what the model sees at inference, where the conversation so far is tokenized as one text —
+and the labels follow the character spans onto those tokens: a token is trained when it produces trained
+characters. A token may straddle the start of a trained span (whole-text tokenization decides, as at inference):
+SentencePiece glues a word's leading space into "▁word", byte-level BPE merges "\n" + "\n"; such a token is
+trained, and the characters it brings from before the span must be whitespace. Anything else that crosses a span
+edge — a token holding text of the prompt, or running past the end of the span — refuses the row
+(`mask_mismatch`). Labels never come from "token == pad/eos".
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftforge.data.conversation import Conversation
-from sftforge.data.encoding import PieceEncoder, decode_many
+from sftforge.data.encoding import Cut, PieceEncoder
 from sftforge.data.spans import RenderedConversation, render_conversation
 from sftforge.data.templates import TemplateInfo
 from sftforge.errors import RowError
@@ -114,7 +119,7 @@ def _subtract(spans: list[tuple[int, int]], cut: tuple[int, int]) -> list[tuple[
 
 
 def tokenize_with_spans(tokenizer: Any, text: str, spans: list[tuple[int, int]]) -> Tokenized:
-    """Tokenize exactly what the template rendered (no extra BOS), piece by piece at the span edges."""
+    """Tokenize exactly what the template rendered (the whole text, no extra BOS) and train the tokens of `spans`."""
     out = tokenize_plans(tokenizer, [Plan(text, spans)])[0]
     if isinstance(out, RowError):
         raise out
@@ -132,52 +137,79 @@ class Plan:
     append: tuple[int, ...] = ()  # token ids added after the text (eos after a pretraining document), trained
 
 
-def _pieces(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, bool]]:
-    pieces: list[tuple[str, bool]] = []
-    cursor = 0
-    for start, end in spans:
-        pieces += [(text[cursor:start], False), (text[start:end], True)]
-        cursor = end
-    pieces.append((text[cursor:], False))
-    return [(piece, trained) for piece, trained in pieces if piece]
+def _edges(spans: list[tuple[int, int]]) -> list[int]:
+    return sorted({edge for span in spans for edge in span})
 
 
 def tokenize_plans(
     tokenizer: Any, plans: list[Plan], encoder: PieceEncoder | None = None
 ) -> list[Tokenized | RowError]:
-    """Tokenize many examples at once: every piece of every plan goes to the tokenizer in one batch call (fast
-    tokenizers encode a batch in parallel, and the per-call overhead is paid once). Each piece is still encoded
-    on its own, so the ids are exactly those of tokenizing each example separately. A plan whose trained tokens do
-    not decode back to its trained text gets the RowError instead of a Tokenized.
+    """Tokenize many examples at once: every text goes to the tokenizer in one batch call (fast tokenizers encode a
+    batch in parallel, and the per-call overhead is paid once), whole, so the ids are exactly
+    `tokenizer(text, add_special_tokens=False)`; the span edges are then placed among its tokens
+    (`PieceEncoder.locate`). A plan whose trained tokens do not decode back to its trained text gets the RowError
+    instead of a Tokenized.
 
     Pass one `encoder` to successive calls to reuse what it encoded (see `encoding.PieceEncoder`)."""
     encoder = encoder or PieceEncoder(tokenizer)
-    per_plan = [_pieces(plan.text, plan.spans) for plan in plans]
-    encoded = iter(encoder.encode([piece for pieces in per_plan for piece, _ in pieces]))
-    outputs: list[Tokenized] = []
-    trained_ids: list[list[int]] = []
-    for plan, pieces in zip(plans, per_plan, strict=True):
-        input_ids: list[int] = []
-        labels: list[int] = []
-        trained_only: list[int] = []
-        for _, trained in pieces:
-            ids = next(encoded)
-            input_ids += ids
-            if trained:
-                labels += ids
-                trained_only += ids
-            else:
-                labels += [IGNORE_INDEX] * len(ids)
-        input_ids += plan.append
-        labels += plan.append
-        outputs.append(Tokenized(input_ids, labels, method=plan.method))
-        trained_ids.append(trained_only)
-    checked = [i for i, plan in enumerate(plans) if plan.verify]
-    decoded = decode_many(tokenizer, [trained_ids[i] for i in checked])
-    results: list[Tokenized | RowError] = list(outputs)
-    for i, got in zip(checked, decoded, strict=True):
-        results[i] = _verify_decode(tokenizer, plans[i], got) or outputs[i]
+    edges = [_edges(plan.spans) for plan in plans]
+    located = encoder.locate([plan.text for plan in plans], edges)
+    results: list[Tokenized | RowError] = []
+    to_check: list[tuple[int, list[int], str]] = []  # (plan, its trained ids, the text they must decode to)
+    for i, (plan, positions, (ids, cuts)) in enumerate(zip(plans, edges, located, strict=True)):
+        try:
+            labels, trained, expected = _labels(plan, ids, dict(zip(positions, cuts, strict=True)))
+        except RowError as e:
+            results.append(e)
+            continue
+        results.append(Tokenized(ids + list(plan.append), labels + list(plan.append), method=plan.method))
+        if plan.verify:
+            to_check.append((i, trained, expected))
+    decoded = encoder.decode_runs([trained for _, trained, _ in to_check])
+    for (i, _, expected), got in zip(to_check, decoded, strict=True):
+        results[i] = _verify_decode(tokenizer, expected, got) or results[i]
     return results
+
+
+def _labels(plan: Plan, ids: list[int], cuts: dict[int, Cut | None]) -> tuple[list[int], list[int], str]:
+    """(labels, the trained ids, the text they must decode to): the tokens that produce characters of a span are
+    trained. Raises RowError where a token crosses a span edge other than by whitespace before its start."""
+    text = plan.text
+    labels = [IGNORE_INDEX] * len(ids)
+    trained: list[int] = []
+    expected: list[str] = []
+    for start, end in plan.spans:
+        head, tail = cuts[start], cuts[end]
+        if head is None or tail is None:
+            raise RowError(
+                "mask_mismatch",
+                f"a token crosses the edge of the trained text at character {start if head is None else end}, and "
+                "this tokenizer gives no offsets to say which; use its fast (Rust) version",
+            )
+        first, last = head.before, tail.after
+        if plan.verify:
+            _check_edges(text, start, end, head, tail)
+        labels[first:last] = ids[first:last]
+        trained += ids[first:last]
+        expected.append(text[min(head.start, start) : end])
+    return labels, trained, "".join(expected)
+
+
+def _check_edges(text: str, start: int, end: int, head: Cut, tail: Cut) -> None:
+    """What a token crossing a span edge may bring into training: whitespace before the span's start (the "▁" of
+    SentencePiece's first word, a newline byte-level BPE merged), nothing else."""
+    if head.start < start and text[head.start : start].strip():
+        raise RowError(
+            "mask_mismatch",
+            f"a token crosses the start of the trained text: {text[head.start : head.end]!r} also holds "
+            f"{text[head.start : start]!r} of the text before it, which must not be trained",
+        )
+    if tail.end > end:
+        raise RowError(
+            "mask_mismatch",
+            f"a token crosses the end of the trained text: {text[tail.start : tail.end]!r} also holds "
+            f"{text[end : tail.end]!r} of the text after it, which must not be trained",
+        )
 
 
 def verify_spans(
@@ -254,10 +286,11 @@ def _holds_content(rendered: RenderedConversation, i: int, turn: Any, content: s
     return content.strip() in rendered.text[turn.start : turn.end]
 
 
-def _verify_decode(tokenizer: Any, plan: Plan, got: str) -> RowError | None:
-    """The trained tokens (decoded: `got`) must decode to exactly the trained text (content + end-of-turn)."""
-    expected = _normalize(tokenizer, "".join(plan.text[s:e] for s, e in plan.spans))
-    if got == expected:
+def _verify_decode(tokenizer: Any, expected: str, got: str) -> RowError | None:
+    """The trained tokens (decoded: `got`) must decode to exactly the trained text (content + end-of-turn, plus
+    the whitespace a straddling first token brings), as the tokenizer normalizes text: NFC for most, "▁" for
+    spaces in SentencePiece's legacy normalizer."""
+    if got == expected or _normalize(tokenizer, got) == _normalize(tokenizer, expected):
         return None
     return RowError(
         "mask_mismatch",

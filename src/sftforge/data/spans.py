@@ -206,8 +206,18 @@ def _completion_start(prompt: str, upto: str, located: Located, i: int, generati
     if header != -1:
         return header + len(generation_prompt)
     # No text of its own and no generation prompt in the render (DeepSeek-V3's prompt ends with "<think>\n", its
-    # rendered turns never hold it): the turn starts where the render stops agreeing with the prompt.
-    return max(low, len(os.path.commonprefix([prompt, upto])))
+    # rendered turns never hold it): the turn starts where the render stops agreeing with the prompt — never inside
+    # a marker both happen to begin alike ("<think>" vs "<｜tool▁calls▁begin｜>" share their "<").
+    return max(low, _marker_boundary(upto, len(os.path.commonprefix([prompt, upto]))))
+
+
+def _marker_boundary(text: str, pos: int) -> int:
+    """`pos`, moved back to the start of a `<…>` / `[…]` marker it falls inside (an unclosed bracket before it)."""
+    for opening, closing in (("<", ">"), ("[", "]")):
+        start = text.rfind(opening, 0, pos)
+        if start != -1 and text.find(closing, start, pos) == -1:
+            pos = min(pos, start)
+    return pos
 
 
 # ---------------------------------------------------------------- content positions (sentinels)

@@ -1,11 +1,17 @@
 """Tokenizers that carry a real model family's special tokens, for testing masks on real chat templates offline.
 
-Each family's tokenizer is the tiny byte-level BPE of `train_bpe_tokenizer(default_corpus())` with that
+Most families' tokenizer is the tiny byte-level BPE of `train_bpe_tokenizer(default_corpus())` with that
 family's special tokens (and bos/eos/pad/unk roles) instead of ours: a rendered template tokenizes the way the
 real model's tokenizer splits it (every special token atomic, the family's other markers plain text). ChatML's
 tokens are removed from the other families, so e.g. `<|im_end|>` in a Llama 3 conversation is ordinary text, as
 it is for Llama 3. What is not reproduced: the real vocabularies and merges, and per-token `rstrip`/`lstrip`
 flags (all added tokens here strip nothing).
+
+The SentencePiece families (Llama 2, Mistral v0.1) get the real pipeline instead: `train_sentencepiece_tokenizer`
+(Metaspace/"▁" words, byte fallback, `<unk>`/`<s>`/`</s>` as ids 0-2), in the variant the checkpoint ships —
+"llama2" as transformers 5 builds Llama 2's tokenizer (`LlamaTokenizer`: a Metaspace pre-tokenizer that marks
+only the start of the text), "mistral" as Mistral v0.1's tokenizer.json holds it (the legacy normalizer that
+puts a "▁" after every special token); "llama2-legacy" is Llama 2's own tokenizer.json (legacy too).
 
 Tokenizers are cached per family and shared: deep-copy one before changing it.
 """
@@ -32,6 +38,9 @@ class FamilySpec:
     specials: tuple[str, ...] = ()  # further special tokens (atomic, dropped by skip_special_tokens)
     added: tuple[str, ...] = ()  # atomic but not special (kept by skip_special_tokens)
     add_bos: bool = False  # a plain tokenizer(text) call prepends bos (chat templates write their own)
+    sentencepiece: str | None = (
+        None  # None: the byte-level BPE; else a `train_sentencepiece_tokenizer` variant
+    )
 
 
 _QWEN_TOOLS = ("<tool_call>", "</tool_call>")
@@ -49,7 +58,8 @@ _DEEPSEEK_TOOLS = tuple(
         "output▁end",
     )
 )
-_LLAMA2 = FamilySpec(eos="</s>", bos="<s>", unk="<unk>", add_bos=True)
+_LLAMA2 = FamilySpec(eos="</s>", bos="<s>", unk="<unk>", add_bos=True, sentencepiece="metaspace")
+_LLAMA2_LEGACY = FamilySpec(eos="</s>", bos="<s>", unk="<unk>", add_bos=True, sentencepiece="legacy")
 
 FAMILIES: dict[str, FamilySpec] = {
     # Qwen2.5 / Qwen3 and generic ChatML: no bos, eos = end of turn, pad = end of text.
@@ -82,8 +92,9 @@ FAMILIES: dict[str, FamilySpec] = {
         add_bos=True,
     ),
     # The SentencePiece Llama 2 vocabulary, shared by Mistral, Zephyr, Vicuna and Alpaca: [INST] etc. are text.
-    "llama2": _LLAMA2,
-    "mistral": _LLAMA2,
+    "llama2": _LLAMA2,  # as transformers 5 loads Llama 2 (Metaspace, prepend_scheme="first")
+    "llama2-legacy": _LLAMA2_LEGACY,  # Llama 2's own tokenizer.json (legacy normalizer)
+    "mistral": _LLAMA2_LEGACY,  # Mistral v0.1's tokenizer.json (legacy normalizer), loaded as it is
     "gemma": FamilySpec(
         eos="<eos>",
         bos="<bos>",
@@ -166,15 +177,26 @@ def _base_tokenizer_json() -> str:
 
 
 @cache
+def _sentencepiece_tokenizer_json(variant: str) -> str:
+    from sftforge.testing.corpus import default_corpus
+    from sftforge.testing.sentencepiece import train_sentencepiece_tokenizer
+
+    tok = train_sentencepiece_tokenizer(default_corpus(), vocab_size=1024, variant=variant)
+    return tok.backend_tokenizer.to_str()
+
+
+@cache
 def family_tokenizer(family: str) -> PreTrainedTokenizerFast:
-    """The tiny BPE tokenizer with `family`'s special tokens (one of FAMILIES). Shared: do not modify it."""
+    """The tiny tokenizer with `family`'s special tokens (one of FAMILIES). Shared: do not modify it."""
     from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     if family not in FAMILIES:
         raise KeyError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
     spec = FAMILIES[family]
-    data = json.loads(_base_tokenizer_json())
+    data = json.loads(
+        _sentencepiece_tokenizer_json(spec.sentencepiece) if spec.sentencepiece else _base_tokenizer_json()
+    )
     # Drop our ChatML/think tokens: the family gets exactly its own (they stay in the BPE vocabulary, unreachable).
     data["added_tokens"] = []
     tok = PreTrainedTokenizerFast(

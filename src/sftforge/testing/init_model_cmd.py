@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sftforge.errors import DataError
-from sftforge.testing.tiny import ARCHITECTURES, build_tiny_model
+from sftforge.testing.tiny import ARCHITECTURES, TOKENIZERS, build_tiny_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vocab_size", type=int, default=1024, help="tokenizer size, special tokens included"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        choices=list(TOKENIZERS),
+        default="bpe",
+        help="bpe: byte-level BPE with a ChatML template (Qwen2-style); sentencepiece: Llama 2-style SentencePiece "
+        "BPE with byte fallback and Llama 2's chat template (Metaspace pipeline, as transformers builds it); "
+        "sentencepiece-legacy: the same with the legacy normalizer of Llama 2's tokenizer.json. "
+        "SentencePiece needs an arch other than qwen2",
     )
     parser.add_argument("--hidden_size", type=int, default=64)
     parser.add_argument("--num_layers", type=int, default=2)
@@ -98,11 +107,15 @@ def run(args: argparse.Namespace) -> int:
         num_kv_heads=args.num_kv_heads,
         intermediate_size=args.intermediate_size,
         seed=args.seed,
+        tokenizer=args.tokenizer,
     )
     # Read the sizes back from the saved folder: that is what a user will load.
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     n_params = _count_parameters(path, tied=bool(config.get("tie_word_embeddings")))
-    print(f"init-model: {args.arch}, {n_params:,} parameters, vocab {config['vocab_size']}, saved to {path}")
+    kind = "" if args.tokenizer == "bpe" else f" ({args.tokenizer} tokenizer)"
+    print(
+        f"init-model: {args.arch}{kind}, {n_params:,} parameters, vocab {config['vocab_size']}, saved to {path}"
+    )
     return 0
 
 

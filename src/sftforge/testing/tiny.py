@@ -4,9 +4,11 @@ Everything is built locally and deterministically (same arguments -> same tokeni
 saved as an ordinary Hugging Face folder that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load with
 no network and no remote code.
 
-The tokenizer uses exactly Qwen2's pipeline (NFC, Qwen2's split regex, byte-level BPE). That is deliberate: for
-qwen2-family configs `AutoTokenizer` ignores the saved class and rebuilds the pipeline as `Qwen2Tokenizer`, so any
-other pipeline would tokenize differently after a reload. Other architectures load it as-is (`TokenizersBackend`).
+The default tokenizer uses exactly Qwen2's pipeline (NFC, Qwen2's split regex, byte-level BPE). That is deliberate:
+for qwen2-family configs `AutoTokenizer` ignores the saved class and rebuilds the pipeline as `Qwen2Tokenizer`, so
+any other pipeline would tokenize differently after a reload. Other architectures load it as-is
+(`TokenizersBackend`), so they can also get a Llama 2-style SentencePiece tokenizer (`tokenizer="sentencepiece"`,
+see `sentencepiece.py`) with Llama 2's chat template.
 
 torch and transformers are imported inside functions so that importing this module (the CLI does, for `--arch`
 choices) stays cheap.
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, DEFAULT_END_OF_TURN
 from sftforge.errors import ConfigError
 from sftforge.testing.corpus import default_corpus
+from sftforge.testing.sentencepiece import train_sentencepiece_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -133,9 +136,9 @@ class TinyDims:
     num_kv_heads: int = 2
     intermediate_size: int = 128
     max_position_embeddings: int = 1024
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
     eos_token_id: int = 2
-    bos_token_id: int | None = None  # the template adds no BOS, so the config names none either
+    bos_token_id: int | None = None  # ChatML adds no BOS, so the config names none either
 
     def common(self) -> dict[str, Any]:
         return {
@@ -232,6 +235,19 @@ ARCHITECTURES: dict[str, Callable[[TinyDims], PreTrainedConfig]] = {
 # Model
 # ---------------------------------------------------------------------------------------------------------------
 
+# Tokenizer kinds: our byte-level BPE (ChatML, Qwen2's pipeline), or a Llama 2-style SentencePiece BPE (Llama 2's chat
+# template) as transformers builds it (Metaspace) or as Llama 2 / Mistral v0.1's tokenizer.json holds it (legacy).
+TOKENIZERS = ("bpe", "sentencepiece", "sentencepiece-legacy")
+# AutoTokenizer rebuilds these architectures' tokenizers from the vocabulary with a byte-level pipeline.
+_BYTE_LEVEL_ONLY = {"qwen2"}
+
+
+def _train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    if kind == "bpe":
+        return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+    variant = "legacy" if kind == "sentencepiece-legacy" else "metaspace"
+    return train_sentencepiece_tokenizer(texts, vocab_size=vocab_size, variant=variant)
+
 
 def build_tiny_model(
     output_dir: str | Path,
@@ -245,14 +261,26 @@ def build_tiny_model(
     intermediate_size: int = 128,
     seed: int = 0,
     dtype: torch.dtype | str = "float32",
+    tokenizer: str = "bpe",
 ) -> Path:
     """Train a tokenizer on `texts` (default: `default_corpus()`), build a randomly initialised `arch` model,
-    and save both (safetensors, chat template, generation_config with the end-of-turn ids) to `output_dir`."""
+    and save both (safetensors, chat template, generation_config with the end-of-turn ids) to `output_dir`.
+
+    `tokenizer`: "bpe" (byte-level, ChatML template, no BOS), or "sentencepiece" / "sentencepiece-legacy"
+    (Llama 2-style, Llama 2's chat template, `<s>` written by the template; not for qwen2, see TOKENIZERS)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     if arch not in ARCHITECTURES:
         raise ConfigError(f"arch {arch!r} is unknown. Choose one of: {', '.join(ARCHITECTURES)}.")
+    if tokenizer not in TOKENIZERS:
+        raise ConfigError(f"tokenizer {tokenizer!r} is unknown. Choose one of: {', '.join(TOKENIZERS)}.")
+    if tokenizer != "bpe" and arch in _BYTE_LEVEL_ONLY:
+        raise ConfigError(
+            f"tokenizer {tokenizer!r} cannot go with arch {arch!r}: AutoTokenizer rebuilds {arch} tokenizers as "
+            "byte-level ones, so the saved SentencePiece tokenizer would not come back. Use arch 'llama' or "
+            "'mistral'."
+        )
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ConfigError(
             f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads}), "
@@ -262,18 +290,20 @@ def build_tiny_model(
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"dtype {dtype!r} is not a torch dtype (e.g. 'float32', 'bfloat16').")
 
-    tokenizer = train_bpe_tokenizer(default_corpus() if texts is None else texts, vocab_size=vocab_size)
-    pad_id, eos_id = tokenizer.convert_tokens_to_ids([PAD_TOKEN, EOS_TOKEN])
+    tok = _train_tokenizer(tokenizer, default_corpus() if texts is None else texts, vocab_size)
+    # SentencePiece: no pad token, as in Llama 2 (sftforge's loader picks <unk>, and so does generation here).
+    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
     dims = TinyDims(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tok),
         hidden_size=hidden_size,
         num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         intermediate_size=intermediate_size,
-        max_position_embeddings=tokenizer.model_max_length,
+        max_position_embeddings=tok.model_max_length,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
+        bos_token_id=tok.bos_token_id,
     )
     config = ARCHITECTURES[arch](dims)
 
@@ -283,14 +313,15 @@ def build_tiny_model(
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     model = model.to(torch_dtype)
     model.generation_config = GenerationConfig(
-        bos_token_id=None,
-        eos_token_id=[eos_id, pad_id],  # end of turn first, then end of text
-        pad_token_id=pad_id,
+        bos_token_id=tok.bos_token_id,
+        # ChatML: end of turn first, then end of text; SentencePiece: </s> ends both.
+        eos_token_id=[eos_id, pad_id] if pad_id is not None else [eos_id],
+        pad_token_id=pad_id if pad_id is not None else tok.unk_token_id,
         do_sample=False,
     )
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    tok.save_pretrained(out)
     return out
