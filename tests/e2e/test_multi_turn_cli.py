@@ -99,6 +99,10 @@ def test_train_splits_rewritten_rows_and_saves_every_stop_token(tmp_path: Path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Harmony ends earlier answers with <|end|> and drops their analysis: every row becomes one example per turn
     assert "decision     multi_turn auto: 8 of 8 rows split into 24 examples" in proc.stdout
+    assert (
+        "end-of-turn: <|return|>, <|end|>, <|call|> (always trained); generation stops on <|return|>, <|call|>"
+        in (proc.stdout)
+    )
     assert "split        24 train / 0 eval examples" in proc.stdout
 
     from transformers import AutoTokenizer, GenerationConfig

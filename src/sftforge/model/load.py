@@ -62,7 +62,9 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
         ) from None
     eot = list(info.end_of_turn)
     if eot:
-        notes.append(f"end-of-turn: {', '.join(eot)} (always trained)")
+        stops = list(info.stop_tokens or eot)
+        stop_note = "" if stops == eot else f"; generation stops on {', '.join(stops)}"
+        notes.append(f"end-of-turn: {', '.join(eot)} (always trained){stop_note}")
     else:
         notes.append(
             f"end-of-turn: the template emits none; {tokenizer.eos_token} is appended to each trained turn"
