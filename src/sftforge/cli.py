@@ -51,6 +51,9 @@ def _train(argv: list[str]) -> int:
             "num_processes",
         )
     run_training(cfg)
+    from sftforge.train.shutdown import leave_distributed
+
+    leave_distributed(0)  # in a multi-process run: exits here (see train/shutdown.py)
     return 0
 
 
