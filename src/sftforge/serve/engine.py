@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +69,10 @@ class Engine:
         self.running = 0  # requests in the batch being generated
         self.batches = 0  # batches run so far (tests read it to see requests share forward passes)
         self.largest_batch = 0
+        self.finished: Counter[str] = (
+            Counter()
+        )  # requests ended, by reason ("stop", "length", "cancelled", …)
+        self.generated_tokens = 0
         self.closed = False
         self.worker = threading.Thread(target=self._work, name="sftforge-engine", daemon=True)
         self.worker.start()
@@ -103,6 +107,7 @@ class Engine:
                 while self.waiting and len(batch) < self.max_batch_size:
                     request = self.waiting.popleft()
                     if request.cancelled.is_set():
+                        self.finished["cancelled"] += 1
                         request.emit(Event(finish_reason="cancelled"))
                     else:
                         batch.append(request)
@@ -115,6 +120,7 @@ class Engine:
                 self._generate(batch)
             except Exception as e:  # a bug or an out-of-memory: fail these requests, keep serving
                 for request in batch:
+                    self.finished["error"] += 1
                     request.emit(Event(finish_reason="error", error=f"{type(e).__name__}: {e}"))
             finally:
                 self.running = 0
@@ -185,8 +191,9 @@ class Engine:
             return "length"
         return None
 
-    @staticmethod
-    def _finish(request: Request, stream: TextStream, tokens: int, reason: str) -> None:
+    def _finish(self, request: Request, stream: TextStream, tokens: int, reason: str) -> None:
+        self.finished[reason] += 1
+        self.generated_tokens += tokens
         rest = stream.finish()
         request.emit(Event(delta=rest, finish_reason=reason, text=stream.text, completion_tokens=tokens))
 

@@ -27,7 +27,10 @@ class TextStream:
         return self._release(final=False)
 
     def finish(self) -> str:
-        """The rest of the text at the end of the generation."""
+        """The rest of the text at the end of the generation (a character cut off by the token limit included,
+        as the decoder writes it: the text is then exactly the decoded ids)."""
+        if not self.stopped and self.ids:
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:

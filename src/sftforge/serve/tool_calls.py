@@ -18,6 +18,7 @@ from sftforge.errors import RowError
 
 _NAME = "sftforge_probe_tool"
 _ARGUMENT = "sftforge-probe-argument"
+_CONTENT = "sftforge-probe-content"
 _TOOL = {
     "type": "function",
     "function": {
@@ -39,30 +40,36 @@ class ToolCallFormat:
     def probe(cls, tokenizer: Any, template: str, end_of_turn: tuple[str, ...]) -> ToolCallFormat:
         render = make_renderer(tokenizer, template, [_TOOL])
         user = [{"role": "user", "content": "sftforge-probe"}]
+        call = {"type": "function", "function": {"name": _NAME, "arguments": {"q": _ARGUMENT}}}
         try:
-            with_tools = render(user, True)
-            supports = _NAME in with_tools
-            prompt = with_tools
-            call = {"type": "function", "function": {"name": _NAME, "arguments": {"q": _ARGUMENT}}}
-            full = render([*user, {"role": "assistant", "content": "", "tool_calls": [call]}], False)
+            prompt = render(user, True)
+            supports = _NAME in prompt
+            # Content before the call: what the template puts between an answer's text and its call is the
+            # opener (not an empty reasoning block that some templates write first, like Qwen3's)
+            full = render([*user, {"role": "assistant", "content": _CONTENT, "tool_calls": [call]}], False)
         except RowError:
             return cls(supports_tools=False, opener="", closer="")
         if not supports or not full.startswith(prompt) or _ARGUMENT not in full:
             return cls(supports_tools=supports, opener="", closer="")
         turn = full[len(prompt) :]
         start, end = _enclosing_json(turn, turn.index(_NAME))
+        after_content = turn.find(_CONTENT)
+        opener = turn[after_content + len(_CONTENT) : start] if 0 <= after_content < start else turn[:start]
         closer = turn[end:]
         for marker in end_of_turn:  # the closer ends where the turn's end-of-turn token starts
             if marker and marker in closer:
                 closer = closer[: closer.index(marker)]
-        return cls(supports_tools=True, opener=turn[:start].strip(), closer=closer.strip())
+        return cls(supports_tools=True, opener=opener.strip(), closer=closer.strip())
 
     def parse(self, text: str, tool_names: set[str]) -> tuple[str, list[dict[str, Any]]]:
-        """(content, tool_calls) of a generated answer; calls of tools not offered stay in the content."""
+        """(content, tool_calls) of a generated answer. All or nothing: when any call is malformed or names a tool
+        that was not offered, the whole answer stays text (the client sees what the model wrote)."""
         if self.opener:
             head, *segments = text.split(self.opener)
-            calls = [call for segment in segments for call in _calls_in(segment, tool_names)]
-            return (head.strip(), calls) if calls else (text, [])
+            found = [_calls_in(segment, tool_names) for segment in segments]
+            if not segments or not all(found):
+                return text, []
+            return head.strip(), [call for calls in found for call in calls]
         calls = _calls_in(text.strip(), tool_names)
         return ("", calls) if calls else (text, [])
 
