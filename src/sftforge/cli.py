@@ -16,6 +16,7 @@ COMMANDS = {
     "chat": "chat with a model folder in the terminal",
     "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
+    "eval": "loss, perplexity and generation metrics (exact match, ROUGE-L, BLEU) on held-out data; base vs tuned",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
 }
 
@@ -92,6 +93,14 @@ def _demo(argv: list[str]) -> int:
     return demo.run(parser.parse_args(argv))
 
 
+def _eval(argv: list[str]) -> int:
+    from sftforge.eval import command
+
+    parser = argparse.ArgumentParser(prog="sftforge eval", description=COMMANDS["eval"])
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
 def _plan(argv: list[str]) -> int:
     from sftforge.plan import command
 
@@ -107,6 +116,7 @@ HANDLERS = {
     "chat": _chat,
     "merge": _merge,
     "demo": _demo,
+    "eval": _eval,
     "plan": _plan,
 }
 
