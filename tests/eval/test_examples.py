@@ -37,7 +37,12 @@ def test_item_strips_end_of_turn_and_needs_a_prompt(tiny_model_dir):
     eot = tok.convert_tokens_to_ids("<|im_end|>")
     answer = tok.encode("moon cat", add_special_tokens=False)
     item = item_from_example([1, 2, 3, *answer, eot], [-100, -100, -100, *answer, eot], tok, [eot], "f:1")
-    assert (item.prompt_ids, item.reference_ids, item.reference, item.source) == ([1, 2, 3], answer, "moon cat", "f:1")
+    assert (item.prompt_ids, item.reference_ids, item.reference, item.source) == (
+        [1, 2, 3],
+        answer,
+        "moon cat",
+        "f:1",
+    )
     assert item_from_example([1, 2], [1, 2], tok, [eot]) is None  # everything trained: no prompt
     assert item_from_example([1, 2], [-100, -100], tok, [eot]) is None
 
@@ -73,7 +78,12 @@ def test_examples_are_what_inspect_and_training_see(tiny_model_dir, tmp_path):
     "row",
     [
         {"instruction": "Reverse", "input": "cat moon", "output": "moon cat"},
-        {"conversations": [{"from": "human", "value": "Reverse: cat moon"}, {"from": "gpt", "value": "moon cat"}]},
+        {
+            "conversations": [
+                {"from": "human", "value": "Reverse: cat moon"},
+                {"from": "gpt", "value": "moon cat"},
+            ]
+        },
         {"prompt": "Reverse: cat moon", "completion": "moon cat"},
     ],
     ids=["alpaca", "sharegpt", "prompt-completion"],
@@ -81,7 +91,9 @@ def test_examples_are_what_inspect_and_training_see(tiny_model_dir, tmp_path):
 def test_every_training_format_gives_items(tiny_model_dir, tmp_path, row):
     data = _write(tmp_path / "test.jsonl", [row])
     bundle, examples, _ = prepare_eval_examples(str(tiny_model_dir), [str(data)], {})
-    item = item_from_example(examples[0].input_ids, examples[0].labels, bundle.tokenizer, bundle.end_of_turn_ids)
+    item = item_from_example(
+        examples[0].input_ids, examples[0].labels, bundle.tokenizer, bundle.end_of_turn_ids
+    )
     assert item.reference == "moon cat"
 
 
@@ -98,4 +110,8 @@ def test_trained_data_options(tmp_path):
     (tmp_path / "sftforge_config.yaml").write_text(
         "model: {model_name_or_path: m}\ndata: {max_length: 64, train_on: all, truncation: right, packing: true}\n"
     )
-    assert trained_data_options(tmp_path) == {"max_length": 64, "train_on": "all_assistant", "truncation": "right"}
+    assert trained_data_options(tmp_path) == {
+        "max_length": 64,
+        "train_on": "all_assistant",
+        "truncation": "right",
+    }

@@ -76,7 +76,11 @@ def test_bleu_is_corpus_level():
 
 
 def test_length_stats_and_summary():
-    assert length_stats([2, 4], [4, 4]) == {"pred_tokens_mean": 3.0, "ref_tokens_mean": 4.0, "length_ratio": 0.75}
+    assert length_stats([2, 4], [4, 4]) == {
+        "pred_tokens_mean": 3.0,
+        "ref_tokens_mean": 4.0,
+        "length_ratio": 0.75,
+    }
     metrics = generation_metrics(["a b", "c"], ["a b", "d"])
     assert metrics["exact_match"] == 0.5
     assert metrics["rouge_l"] == 0.5
