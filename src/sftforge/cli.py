@@ -17,6 +17,7 @@ COMMANDS = {
     "serve": "an OpenAI-compatible API and a web chat page for a model folder (127.0.0.1 by default)",
     "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
+    "eval": "loss, perplexity and generation metrics (exact match, ROUGE-L, BLEU) on held-out data; base vs tuned",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
 }
 
@@ -104,6 +105,14 @@ def _demo(argv: list[str]) -> int:
     return demo.run(parser.parse_args(argv))
 
 
+def _eval(argv: list[str]) -> int:
+    from sftforge.eval import command
+
+    parser = argparse.ArgumentParser(prog="sftforge eval", description=COMMANDS["eval"])
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
+
+
 def _plan(argv: list[str]) -> int:
     from sftforge.plan import command
 
@@ -120,6 +129,7 @@ HANDLERS = {
     "serve": _serve,
     "merge": _merge,
     "demo": _demo,
+    "eval": _eval,
     "plan": _plan,
 }
 

@@ -200,6 +200,21 @@ class SFTTrainingArguments(TrainingArguments):
             "host sync per micro-batch)."
         ),
     )
+    eval_generation: bool = field(
+        default=False,
+        metadata=_help(
+            "At each evaluation, also answer the last trained turn of up to eval_generation_max_samples eval "
+            "examples greedily and log eval_exact_match, eval_rouge_l, eval_bleu and length statistics (as "
+            "`sftforge eval`). Needs eval data. Every process answers its share; the scores are gathered."
+        ),
+    )
+    eval_generation_max_samples: int = field(
+        default=100,
+        metadata=_help("With eval_generation: answer at most this many eval examples (the first ones)."),
+    )
+    eval_max_new_tokens: int = field(
+        default=128, metadata=_help("With eval_generation: the most tokens generated per answer.")
+    )
     # We tokenize ourselves and keep only model inputs, so the Trainer must not drop columns by signature.
     remove_unused_columns: bool = field(
         default=False, metadata=_help("Keep False: sftforge prepares the columns.")

@@ -176,6 +176,14 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
             f"eval_strategy is {strategy!r} but there is no evaluation data: set eval_data_path, "
             "eval_split_ratio or dataset_test_split, or eval_strategy: no."
         )
+    if train.get("eval_generation") and not has_eval:
+        problems.append(
+            "eval_generation: true needs evaluation data: set eval_data_path, eval_split_ratio or "
+            "dataset_test_split (or run `sftforge eval MODEL --data FILE` after training)."
+        )
+    for key in ("eval_generation_max_samples", "eval_max_new_tokens"):
+        if key in train and train[key] < 1:
+            problems.append(f"{key}: must be at least 1.")
     if has_eval and "eval_strategy" not in explicit:
         train["eval_strategy"] = "epoch"
 

@@ -109,6 +109,7 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    trainer.stop_ids = bundle.end_of_turn_ids  # eval_generation: answers end where trained turns end
     trainer.packing_s, trainer.packing_fill = packing_s, fill  # reported with the preprocessing figures
     return trainer
 

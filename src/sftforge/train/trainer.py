@@ -36,6 +36,7 @@ class SFTTrainer(Trainer):
         self._decided_before_backward = False  # DeepSpeed: this step was judged before its backward
 
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
+    stop_ids: list[int] = []  # end-of-turn ids (set by the run): eval_generation stops answers on them
 
     # ------------------------------------------------------------------ training steps
 
@@ -171,6 +172,11 @@ class SFTTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.throughput is not None:
             self.throughput.annotate(logs)
+        if "eval_loss" in logs and getattr(self.args, "eval_generation", False) and self.eval_dataset:
+            from sftforge.train.eval_generation import generation_eval_metrics
+
+            # Every rank is here (evaluate logs on all of them): each answers its share, then they gather
+            logs.update(generation_eval_metrics(self, list(self.eval_dataset), self.stop_ids))
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(
                 min(logs["eval_loss"], 50.0)
