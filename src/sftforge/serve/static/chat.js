@@ -24,7 +24,7 @@
     s = s.replace(/\[([^\]\n]+)\]\((https?:\/\/[^\s)]+)\)/gi, (m, label, url) =>
       hold('<a href="' + url + '" target="_blank" rel="noopener noreferrer">' + label + "</a>"));
     s = s.replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, "<strong>$1</strong>");
-    s = s.replace(/__(?=\S)([\s\S]*?\S)__/g, "<strong>$1</strong>");
+    s = s.replace(/(^|[^_\w])__(?=\S)([\s\S]*?\S)__(?![_\w])/g, "$1<strong>$2</strong>"); // not inside words
     s = s.replace(/(^|[^*\w])\*(?=\S)([^*]*?\S)\*(?![*\w])/g, "$1<em>$2</em>");
     s = s.replace(/(^|[^_\w])_(?=\S)([^_]*?\S)_(?![_\w])/g, "$1<em>$2</em>");
     // Placeholders may nest (a link label with inline code): resolve until none is left.
@@ -251,6 +251,7 @@
     let answer = "";
     let failure = null;
     let finished = false;
+    let stopped = false;
     try {
       const response = await fetch("/v1/chat/completions", {
         method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
@@ -276,7 +277,7 @@
         finished = true;
       }
     } catch (e) {
-      if (e.name === "AbortError") addNote(row, "(stopped)");
+      if (e.name === "AbortError") stopped = true;
       else failure = "Request failed: " + (e.message || e);
     } finally {
       row.classList.remove("streaming");
@@ -284,15 +285,16 @@
       setBusy(false);
     }
 
-    if (failure && !answer) {
+    if (!answer && (failure || stopped)) {
       // The turn did not happen: keep it on screen but out of the history, and give the text back.
       row.classList.add("error-row");
       body.remove();
-      addNote(row, failure, "error");
+      addNote(row, failure || "(stopped before any text)", failure ? "error" : "note");
       userRow.classList.add("failed");
       if (!input.value) input.value = text;
       autoGrow();
     } else {
+      if (stopped) addNote(row, "(stopped)");
       if (failure) addNote(row, failure, "error");
       state.history.push({ role: "user", content: text }, { role: "assistant", content: answer });
     }
@@ -355,7 +357,8 @@
     $("input").focus();
   }
 
-  window.sftforgeChat = { escapeHtml: escapeHtml, renderMarkdown: renderMarkdown, state: state };
+  // For tests and the curious (the browser console): the pure pieces of this page.
+  window.sftforgeChat = { escapeHtml: escapeHtml, renderMarkdown: renderMarkdown, readSSE: readSSE, state: state };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
   else init();
 })();
