@@ -241,6 +241,8 @@
     if (state.model) request.model = state.model;
     if (!Number.isNaN(temperature)) request.temperature = temperature;
     if (!Number.isNaN(maxTokens) && maxTokens > 0) request.max_tokens = maxTokens;
+    const seed = parseInt($("seed").value, 10);
+    if (!Number.isNaN(seed)) request.seed = seed;
 
     const controller = new AbortController();
     state.controller = controller;
@@ -327,7 +329,7 @@
   function init() {
     // Settings persist in this browser only.
     const fields = [["system", "sftforge.system"], ["temperature", "sftforge.temperature"],
-      ["max-tokens", "sftforge.max_tokens"], ["api-key", "sftforge.api_key"]];
+      ["max-tokens", "sftforge.max_tokens"], ["seed", "sftforge.seed"], ["api-key", "sftforge.api_key"]];
     for (const [id, key] of fields) {
       const el = $(id);
       el.value = store.get(key, el.value);
