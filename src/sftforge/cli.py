@@ -14,6 +14,7 @@ COMMANDS = {
     "inspect": "show exactly which tokens a recipe trains, and the dataset statistics",
     "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
     "chat": "chat with a model folder in the terminal",
+    "serve": "an OpenAI-compatible API and a web chat page for a model folder (127.0.0.1 by default)",
     "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
@@ -51,6 +52,9 @@ def _train(argv: list[str]) -> int:
             "num_processes",
         )
     run_training(cfg)
+    from sftforge.train.shutdown import leave_distributed
+
+    leave_distributed(0)  # in a multi-process run: exits here (see train/shutdown.py)
     return 0
 
 
@@ -74,6 +78,14 @@ def _chat(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sftforge chat", description=COMMANDS["chat"])
     chat.add_arguments(parser)
     return chat.run(parser.parse_args(argv))
+
+
+def _serve(argv: list[str]) -> int:
+    from sftforge.serve import command
+
+    parser = argparse.ArgumentParser(prog="sftforge serve", description=COMMANDS["serve"])
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(argv))
 
 
 def _merge(argv: list[str]) -> int:
@@ -105,6 +117,7 @@ HANDLERS = {
     "inspect": _inspect,
     "init-model": _init_model,
     "chat": _chat,
+    "serve": _serve,
     "merge": _merge,
     "demo": _demo,
     "plan": _plan,
