@@ -307,18 +307,36 @@ def test_conversation_streams_matches_the_api_and_shows_chinese(chat_page, serve
 def test_stop_then_new_chat(chat_page, server):
     page = chat_page()
     page.wait_model_name()
-    page.settings(temperature=1.0, max_tokens=1000)  # ~2 s on a CPU
-    page.send("Tell me a very long story.")
-    page.page.wait_for_function(
-        "() => { const r = document.querySelector('.msg.assistant .msg-body'); return r && r.textContent.length > 0; }"
+    # Seed 1 runs this prompt to the full 1000 tokens; that takes the tiny model under a second, too short for
+    # a click from outside the page to land reliably, so the page presses Stop itself on the first text drawn.
+    page.settings(temperature=1.0, max_tokens=1000, seed=1)
+    page.page.evaluate(
+        """() => {
+            window.__stopSeen = null;
+            const box = document.getElementById('messages');
+            const observer = new MutationObserver(() => {
+                const body = box.querySelector('.msg.assistant .msg-body');
+                if (body && body.textContent.length > 0) {
+                    observer.disconnect();
+                    window.__stopSeen = !document.getElementById('stop').hidden;
+                    document.getElementById('stop').click();
+                }
+            });
+            observer.observe(box, {childList: true, subtree: true, characterData: true});
+        }"""
     )
-    page.page.click("#stop")
+    page.send("Tell me a very long story.")
     assert page.wait_answer(1) == "stopped"
+    assert page.page.evaluate("() => window.__stopSeen") is True  # Stop was shown while it streamed
     assert page.page.locator(".msg.assistant .note").inner_text() == "(stopped)"
     assert page.page.is_visible("#send") and not page.page.is_visible("#stop")
-    stopped_at = len(page.history()[1]["content"])
+    partial = page.history()[1]["content"]
+    shown = page.page.inner_html(".msg.assistant .msg-body")
     time.sleep(1.0)
-    assert len(page.history()[1]["content"]) == stopped_at  # nothing arrives after Stop
+    assert page.history()[1]["content"] == partial  # nothing arrives after Stop
+    assert page.page.inner_html(".msg.assistant .msg-body") == shown
+    full = server.complete(page.chat_bodies[0])
+    assert partial and full.startswith(partial) and len(partial) < len(full) // 2, (len(partial), len(full))
 
     # The server is free again (it stopped generating for the closed connection) and answers the next turn.
     page.settings(temperature=0, max_tokens=8)
