@@ -415,10 +415,10 @@ def test_markdown_renderer_never_injects_html(chat_page):
     # The subset itself works.
     html = page.page.evaluate(
         "s => window.sftforgeChat.renderMarkdown(s)",
-        "# Title\n\nSome **bold**, *italic* and `x < y`.\n\n```python\nif a < b:\n    pass\n```\n"
+        "# Title\n## C# ##\n\nSome **bold**, *italic* and `x < y`.\n\n```python\nif a < b:\n    pass\n```\n"
         "- one\n- two\n\n1. first\n2. second\n\nsee [docs](https://example.com/?a=1&b=2)\nnext line",
     )
-    assert "<h1>Title</h1>" in html
+    assert "<h1>Title</h1>\n<h2>C#</h2>" in html
     assert "<strong>bold</strong>" in html and "<em>italic</em>" in html and "<code>x &lt; y</code>" in html
     assert '<pre><code class="language-python">if a &lt; b:\n    pass</code></pre>' in html
     assert "<ul><li>one</li><li>two</li></ul>" in html and "<ol><li>first</li><li>second</li></ol>" in html

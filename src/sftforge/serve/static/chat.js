@@ -35,7 +35,7 @@
   }
 
   const FENCE = /^\s{0,3}(`{3,}|~{3,})\s*([\w+#.-]*)[^`]*$/;
-  const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+  const HEADING = /^\s{0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$/; // "# C#" keeps its #; "## Title ##" loses the closing ##
   const BULLET = /^\s{0,3}[-*+]\s+(.*)$/;
   const NUMBERED = /^\s{0,3}(\d{1,9})[.)]\s+(.*)$/;
 
