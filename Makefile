@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch (lies on this machine's disk). GPU users: see README "GPU install".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format clean gpu-check
+.PHONY: install demo test test-fast lint format clean gpu-check browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m sftforge demo
 
-test: $(STAMP)
+# The web chat page test drives the OS's Chromium (Debian package, not a Playwright download). As root, or with
+# password-less sudo, this installs chromium + fonts-noto-cjk when missing; otherwise it says why (never fails).
+browser:
+	@bash .ci/install-browser
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 test-fast: $(STAMP)
