@@ -34,7 +34,9 @@ def test_a_lora_folder_loads_as_base_plus_adapter_merged(make_tiny_model, tmp_pa
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         assert torch.allclose(loaded.model(ids).logits, reference(ids).logits, atol=1e-5)
-        assert not torch.allclose(loaded.model(ids).logits, AutoModelForCausalLM.from_pretrained(base)(ids).logits)
+        assert not torch.allclose(
+            loaded.model(ids).logits, AutoModelForCausalLM.from_pretrained(base)(ids).logits
+        )
 
 
 @pytest.mark.slow
@@ -54,7 +56,9 @@ def test_the_cli_serves_on_127_0_0_1_with_a_key(tiny_model_dir):
                 assert time.time() < deadline, "the server did not come up"
                 time.sleep(0.3)
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1", max_retries=0)
-        reply = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        reply = c.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
         assert reply.model == tiny_model_dir.name and reply.usage.completion_tokens <= 3
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "text/html" in page.headers["content-type"]
