@@ -103,6 +103,17 @@ def test_stop_strings_cut_the_answer(tiny_loaded):
     assert text == "alpha beta"  # the partial stop string was never sent
 
 
+def test_ignore_eos_generates_max_tokens(tiny_loaded):
+    with serving(scripted(tiny_loaded, "alpha")) as server:  # then an end-of-turn id, again and again
+        c = client(server)
+        plain = c.chat.completions.create(model="tiny", messages=HELLO, max_tokens=6)
+        fixed = c.chat.completions.create(
+            model="tiny", messages=HELLO, max_tokens=6, extra_body={"ignore_eos": True}
+        )
+    assert plain.choices[0].finish_reason == "stop" and plain.choices[0].message.content == "alpha"
+    assert fixed.choices[0].finish_reason == "length" and fixed.usage.completion_tokens == 6
+
+
 def test_a_tool_call_comes_back_as_tool_calls(tiny_loaded):
     call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
     with serving(scripted(tiny_loaded, call)) as server:

@@ -179,6 +179,7 @@ def _prepare(
         top_p=body.top_p,
         seed=body.seed,
         stop=body.stop_list,
+        ignore_eos=body.ignore_eos,
     )
     return prompt, params, prefill
 

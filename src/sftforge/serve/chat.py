@@ -8,8 +8,6 @@ import sys
 from threading import Thread
 from typing import Any, TextIO
 
-from sftforge.errors import ConfigError
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a model folder (or hub id) with a chat template")
@@ -21,23 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_for_chat(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Tokenizer and model of a full, merged or LoRA output folder (see serve/loading.py); generation stops on
+    the end-of-turn ids saved at training time."""
+    from sftforge.serve.loading import load_for_inference
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load {model!r}: {str(e).splitlines()[0]}", source="chat") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(
-            f"{model!r} has no chat template; train it with sftforge or add one.", source="chat"
-        )
-    import torch
-
-    if torch.cuda.is_available():
-        lm = lm.to("cuda")
-    lm.eval()
-    return tokenizer, lm
+    loaded = load_for_inference(model, trust_remote_code=trust_remote_code, source="chat")
+    loaded.model.generation_config.eos_token_id = loaded.stop_ids or None
+    return loaded.tokenizer, loaded.model
 
 
 def generate_reply(

@@ -179,7 +179,7 @@ class Engine:
         """Take one token for a request; the reason it ends, or None to go on."""
         if request.cancelled.is_set():
             return "cancelled"
-        if token in self.stop_ids:
+        if token in self.stop_ids and not request.params.ignore_eos:
             return "stop"
         counts[i] += 1
         delta = stream.add(token)

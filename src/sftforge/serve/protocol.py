@@ -46,6 +46,8 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    # vLLM's extension: generate max_tokens tokens whatever the model writes (for benchmarks)
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod

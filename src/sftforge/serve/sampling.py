@@ -14,6 +14,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # go on past end-of-turn tokens (benchmarks measure a fixed length)
 
 
 def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
