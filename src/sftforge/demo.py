@@ -121,4 +121,5 @@ def run(args: argparse.Namespace) -> int:
         f"(total {summary['wall_time_s']} s). Model: {out / 'model'}"
     )
     print(f"Try it: sftforge chat {out / 'model'}   (e.g. 'Reverse: cat moon river')")
+    print(f"   or:  sftforge serve {out / 'model'}  (web chat page and OpenAI API at http://127.0.0.1:8000)")
     return 0
