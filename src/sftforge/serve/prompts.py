@@ -67,6 +67,12 @@ class PromptBuilder:
             text = make_renderer(self.tokenizer, self.template, schemas)(turns, True) + prefill
         except RowError as e:
             raise PromptError(f"the chat template refuses these messages: {e.detail}", "messages") from None
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # e.g. a lone surrogate ("\ud800") in a JSON string
+            raise PromptError(
+                f"the messages hold text that is not valid Unicode: {e.reason}", "messages"
+            ) from None
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         names = {s["function"]["name"] for s in schemas or [] if isinstance(s.get("function"), dict)}
         return Prompt(ids, text, names)
