@@ -112,11 +112,31 @@ def check_launchable(doc: dict[str, Any]) -> None:
             raise ConfigError(FSDP_NEEDS_GPU, "accelerate_config")
 
 
+def check_deepspeed_precision(doc: dict[str, Any], mixed_precision: str) -> None:
+    """The config's DeepSpeed JSON against the recipe's precision, refused here before any process starts (each
+    process would refuse it too, config/precision.py)."""
+    from sftforge.config.precision import deepspeed_precision_conflicts, read_deepspeed_json
+
+    json_path = (doc.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if not json_path:
+        return
+    ds, error = read_deepspeed_json(json_path)
+    problems = [error] if error else []
+    if ds is not None:
+        why = f"the recipe's precision, passed as --mixed_precision {mixed_precision}"
+        problems += deepspeed_precision_conflicts(ds, mixed_precision == "bf16", mixed_precision == "fp16",
+                                                  json_path, why)  # fmt: skip
+    if problems:
+        raise ConfigError(problems, "accelerate_config")
+
+
 def launch_command(launch: Any, train_argv: list[str], mixed_precision: str | None = None) -> list[str]:
     config = resolve_accelerate_config(launch.accelerate_config)
     doc: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
     check_launchable(doc)
     config = with_absolute_paths(config, doc)
+    if mixed_precision:
+        check_deepspeed_precision(doc, mixed_precision)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     if mixed_precision:
         cmd += ["--mixed_precision", mixed_precision]

@@ -162,9 +162,11 @@ def test_cpu_defaults_are_fp32_and_sdpa_with_reasons(data_file):
     assert any(n.startswith("attention: sdpa") for n in cfg.notes)
 
 
-def test_fp16_on_cpu_is_refused(data_file):
+def test_fp16_on_cpu_is_refused_when_use_cpu_insists(data_file):
+    # without use_cpu a guide's fp16 becomes fp32 with a decision line (tests/config/test_guide_keys.py)
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-        load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--fp16"])
+        load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--fp16",
+                           "--use_cpu", "true"])  # fmt: skip
 
 
 def test_bf16_on_cpu_without_support_is_refused(data_file, monkeypatch):
@@ -172,9 +174,8 @@ def test_bf16_on_cpu_without_support_is_refused(data_file, monkeypatch):
 
     monkeypatch.setattr(validate, "cpu_supports_bf16", lambda: False)
     with pytest.raises(ConfigError, match="this CPU has no bf16 support"):
-        load_config(
-            None, ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--bf16", "true"]
-        )
+        load_config(None, ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--bf16", "true",
+                           "--use_cpu", "true"])  # fmt: skip
 
 
 def test_flash_attention_without_gpu_is_refused(data_file):

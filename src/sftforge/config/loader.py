@@ -41,6 +41,11 @@ ALIASES: dict[str, str] = {
     "eval_file": "eval_data_path",
     "preprocessing_num_workers": "dataset_num_proc",
     "dtype": "torch_dtype",
+    # --- guides (issue 14): LLaMA-Factory's LoRA names (lora_target: q_proj,v_proj or all), TRL's ModelConfig
+    "lora_rank": "lora_r",
+    "lora_target": "lora_target_modules",
+    "lora_modules_to_save": "modules_to_save",
+    "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     "template": "chat_template",
     "val_size": "eval_split_ratio",
 }
@@ -154,7 +159,7 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 
 
 def _suggest(key: str) -> str:
-    candidates = list(FIELDS) + list(ALIASES) + [_WARMUP_RATIO, _GROUP_BY_LENGTH]
+    candidates = list(FIELDS) + list(ALIASES) + [_WARMUP_RATIO, _GROUP_BY_LENGTH, *_GUIDE_SWITCHES]
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else " Run `sftforge train --help` for the valid keys."
 
@@ -162,6 +167,9 @@ def _suggest(key: str) -> str:
 def _apply_aliases(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in raw.items():
+        if key in _GUIDE_SWITCHES:
+            _GUIDE_SWITCHES[key](key, value, out, raw, problems)
+            continue
         target = ALIASES.get(key, key)
         if key == _WARMUP_RATIO:
             target = "warmup_steps"
@@ -172,6 +180,60 @@ def _apply_aliases(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
             continue
         out[target] = value
     return out
+
+
+# accelerate's name (guides put it in recipes): bf16 / fp16 / no → the bf16 and fp16 flags
+# (YAML 1.1 reads a bare `no` as false.)
+_MIXED_PRECISION = {
+    "bf16": (True, False),
+    "fp16": (False, True),
+    "no": (False, False),
+    "false": (False, False),
+}
+
+
+def _apply_mixed_precision(
+    key: str, value: Any, out: dict[str, Any], raw: dict[str, Any], problems: list[str]
+) -> None:
+    flags = _MIXED_PRECISION.get(str(value).lower())
+    if flags is None:
+        problems.append(f"mixed_precision: {value!r} is not one of bf16, fp16, no.")
+        return
+    given = [k for k in ("bf16", "fp16") if k in raw]
+    if given:
+        problems.append(
+            f"mixed_precision and {' and '.join(given)} set the same thing; keep only one "
+            f"(mixed_precision: {value} is bf16: {str(flags[0]).lower()}, fp16: {str(flags[1]).lower()})."
+        )
+        return
+    out["bf16"], out["fp16"] = flags
+
+
+def _apply_load_in_bits(
+    key: str, value: Any, out: dict[str, Any], raw: dict[str, Any], problems: list[str]
+) -> None:
+    """TRL's `load_in_4bit` / `load_in_8bit: true` → `quantization_bit: 4 / 8` (false: not quantized)."""
+    text = str(value).lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        problems.append(f"{key}: expected true or false, got {value!r}")
+        return
+    if text in ("false", "0", "no"):
+        return
+    others = [
+        k for k in ("load_in_4bit", "load_in_8bit") if k != key and str(raw.get(k)).lower() in ("true", "1")
+    ]
+    others += ["quantization_bit"] if "quantization_bit" in raw else []
+    if others:
+        problems.append(f"{key} and {others[0]} both say how to quantize the base; keep only one.")
+        return
+    out["quantization_bit"] = 4 if key == "load_in_4bit" else 8
+
+
+_GUIDE_SWITCHES = {
+    "mixed_precision": _apply_mixed_precision,
+    "load_in_4bit": _apply_load_in_bits,
+    "load_in_8bit": _apply_load_in_bits,
+}
 
 
 def _truthy(value: Any) -> bool:

@@ -21,7 +21,12 @@ LORA_KEYS = (
     "modules_to_save",
     "merge_after_train",
 )
-BNB_4BIT_KEYS = ("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_use_double_quant")
+BNB_4BIT_KEYS = (
+    "bnb_4bit_quant_type",
+    "bnb_4bit_compute_dtype",
+    "bnb_4bit_use_double_quant",
+    "bnb_4bit_quant_storage",
+)
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -87,6 +92,15 @@ class PeftArguments:
     )
     bnb_4bit_use_double_quant: bool = field(
         default=True, metadata=_help("Quantize the 4-bit quantization constants too (saves ~0.4 bit/weight).")
+    )
+    bnb_4bit_quant_storage: str = field(
+        default="uint8",
+        metadata=_help(
+            "dtype the packed 4-bit weights are stored in (bitsandbytes' quant_storage): uint8 (its default), or "
+            "the dtype of the other weights (bfloat16, float16, float32) so FSDP / DeepSpeed ZeRO-3 can shard "
+            "them with the rest of the model (QLoRA under FSDP uses bfloat16).",
+            choices=("uint8", "float16", "bfloat16", "float32"),
+        ),
     )
     freeze_trainable_layers: int = field(
         default=2,

@@ -24,6 +24,7 @@ COMMON_TRAINING_KEYS = (
     "lr_scheduler_type",
     "lr_scheduler_kwargs",
     "logging_steps",
+    "logging_dir",
     "eval_strategy",
     "eval_steps",
     "eval_generation",
@@ -82,5 +83,9 @@ def argument_reference() -> str:
     out.append(
         "         warmup_ratio → warmup_steps (a float < 1 is a ratio), gradient_checkpointing → "
         "activation_checkpointing, group_by_length → train_sampling_strategy"
+    )
+    out.append(
+        "         mixed_precision: bf16|fp16|no → bf16 / fp16, load_in_4bit / load_in_8bit: true → "
+        "quantization_bit: 4 / 8; quantization_bit: 0 and max_samples: 0 mean off / every row"
     )
     return "\n".join(out)

@@ -27,6 +27,14 @@ class ModelArguments:
         default=None, metadata=_help("Tokenizer folder or hub id; defaults to model_name_or_path.")
     )
     model_revision: str = field(default="main", metadata=_help("Hub branch, tag or commit to load."))
+    # --- guides (issue 14): keys the popular guides write
+    low_cpu_mem_usage: bool = field(
+        default=True,
+        metadata=_help(
+            "Accepted for older recipes; always on in transformers 5 (the model is built on the meta device and "
+            "the weights load straight into it), so true and false load the same way."
+        ),
+    )
     torch_dtype: str = field(
         default="auto",
         metadata=_help(
@@ -165,6 +173,14 @@ class SFTTrainingArguments(TrainingArguments):
         default=False, metadata=_help("Allow writing into an output_dir that already holds a trained model.")
     )
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
+    # --- guides (issue 14): transformers 5 removed TrainingArguments.logging_dir
+    logging_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Folder for TensorBoard event files (report_to: tensorboard); default OUTPUT_DIR/runs/DATE_HOST. "
+            "transformers 5 dropped this argument and reads TENSORBOARD_LOGGING_DIR instead: sftforge sets it."
+        ),
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata=_help(

@@ -56,7 +56,16 @@ def check_and_resolve(
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
-    notes += _resolve_precision(train, explicit, on_gpu, problems)
+    notes += _resolve_precision(train, explicit, on_gpu, problems, auto)
+    from sftforge.config.precision import check_deepspeed_json, follow_recipe_in_accelerate
+    from sftforge.config.reporting import check_report_to
+
+    if (
+        not problems
+    ):  # the recipe's precision is settled: a DeepSpeed JSON and accelerate's env must follow it
+        check_deepspeed_json(train, _precision_source(train, explicit, auto), problems)
+        notes += follow_recipe_in_accelerate(train)
+    notes += check_report_to(train, problems)
     if train.get("nan_policy") == "skip" and deepspeed_requested(train):
         problems.append(
             "nan_policy: skip cannot work under DeepSpeed: its engine applies the optimizer step inside the "
@@ -167,8 +176,10 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
             f"max_bad_row_fraction: {bad} must be in [0, 1] (0.1: stop when more than 10% of the rows are unusable; "
             "1: never stop)."
         )
+    if data.get("max_samples") == 0:  # LLaMA-Factory's guides: 0 = no limit
+        data["max_samples"] = None
     if data.get("max_samples") is not None and data["max_samples"] < 1:
-        problems.append("max_samples: must be at least 1 (leave it unset to use every row).")
+        problems.append("max_samples: must be at least 1, or 0 / unset to use every row.")
     has_eval = bool(data.get("eval_data_path") or ratio > 0 or data.get("dataset_test_split"))
     strategy = str(train.get("eval_strategy", "no"))
     if strategy != "no" and not has_eval:
@@ -188,7 +199,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         train["eval_strategy"] = "epoch"
 
 
-def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: list[str]) -> list[str]:
+_CPU_FP32 = "precision: fp32 — the recipe asks for {asked}, but there is no GPU"
+
+
+def _resolve_precision(
+    train: dict, explicit: set[str], on_gpu: bool, problems: list[str], auto: dict[str, Any]
+) -> list[str]:
     bf16, fp16 = train.get("bf16", False), train.get("fp16", False)
     if bf16 and fp16:
         problems.append(
@@ -198,6 +214,20 @@ def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: 
     if "bf16" in explicit or "fp16" in explicit:
         if on_gpu:
             return [f"precision: {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'} (as asked)"]
+        if (bf16 or fp16) and "use_cpu" not in explicit:
+            # A guide's recipe, written for GPUs, on a CPU-only machine: fp32, in this process and in every
+            # launched one. The written config keeps what the recipe said, so a GPU machine reading it uses it.
+            asked = "bf16" if bf16 else "fp16"
+            auto[asked] = True
+            train["bf16"] = train["fp16"] = False
+            train.setdefault("use_cpu", True)
+            why = (
+                "bf16 autocast on CPU is several times slower than fp32 (7.8x measured); use_cpu: true with "
+                "bf16: true forces it"
+                if bf16
+                else "fp16 mixed precision needs a CUDA GPU"
+            )
+            return [_CPU_FP32.format(asked=asked) + f" ({why})"]
         if fp16:
             problems.append("fp16: mixed precision fp16 needs a GPU; on CPU leave fp16 off (fp32).")
             return []
@@ -223,6 +253,21 @@ def _resolve_precision(train: dict, explicit: set[str], on_gpu: bool, problems: 
         return ["precision: bf16 mixed precision — the GPU supports it"]
     train["fp16"] = True
     return ["precision: fp16 mixed precision — the GPU has no bf16"]
+
+
+def _precision_source(train: dict, explicit: set[str], auto: dict[str, Any]) -> str:
+    """Where the recipe's precision came from, for messages that name it."""
+    bf16, fp16 = bool(train.get("bf16")), bool(train.get("fp16"))
+    downgraded = [k for k in ("bf16", "fp16") if auto.get(k) is True]
+    if downgraded:
+        return f"{downgraded[0]}: true became fp32: no GPU"
+    if bf16 or fp16:
+        return f"{'bf16' if bf16 else 'fp16'}: true" + (
+            "" if {"bf16", "fp16"} & explicit else ", chosen for this GPU"
+        )
+    return (
+        "bf16: false, fp16: false" if {"bf16", "fp16"} & explicit else "bf16/fp16 unset: fp32 without a GPU"
+    )
 
 
 def _resolve_cpu_distribution(

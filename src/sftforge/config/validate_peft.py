@@ -49,6 +49,13 @@ def check_peft(
         elif kind == "full":
             kind = peft["finetuning_type"] = "lora"
     bits = peft.get("quantization_bit")
+    if bits == 0:  # LLaMA-Factory's guides write `quantization_bit: 0` for "not quantized"
+        if kind == "qlora":
+            problems.append(
+                "quantization_bit: 0 means no quantization, but finetuning_type: qlora quantizes the base; use "
+                "quantization_bit: 4 (or 8), or finetuning_type: lora."
+            )
+        bits = peft["quantization_bit"] = None
     if kind == "qlora" and bits is None:
         bits = peft["quantization_bit"] = 4
     if bits is not None and bits not in (4, 8):
@@ -134,6 +141,7 @@ def _check_bitsandbytes(peft: dict[str, Any], bits: int, on_gpu: bool, problems:
         bool(peft.get("bnb_4bit_use_double_quant", True)),
         peft.get("bnb_4bit_compute_dtype", "float32") if bits == 4 else "float32",  # 8-bit: unused
         bool(peft.get("use_dora")),
+        peft.get("bnb_4bit_quant_storage", "uint8") if bits == 4 else "uint8",
     )
     if why:
         setup = f"{bits}-bit" + (f" {peft.get('bnb_4bit_quant_type', 'nf4')}" if bits == 4 else "")
@@ -153,7 +161,12 @@ def _check_bitsandbytes(peft: dict[str, Any], bits: int, on_gpu: bool, problems:
 
 @functools.cache
 def quantized_cpu_problem(
-    bits: int, quant_type: str, double_quant: bool, compute_dtype: str, use_dora: bool
+    bits: int,
+    quant_type: str,
+    double_quant: bool,
+    compute_dtype: str,
+    use_dora: bool,
+    quant_storage: str = "uint8",
 ) -> str | None:
     """Train a one-layer quantized LoRA model for two steps on CPU; None if it works, else the reason."""
     try:
@@ -169,13 +182,14 @@ def quantized_cpu_problem(
             if bits == 4:
                 layer = bnb.nn.Linear4bit(
                     64, 64, bias=False, compute_dtype=getattr(torch, compute_dtype), quant_type=quant_type,
-                    compress_statistics=double_quant,
+                    compress_statistics=double_quant, quant_storage=getattr(torch, quant_storage),
                 )  # fmt: skip
                 layer.weight = bnb.nn.Params4bit(
                     dense.weight.data,
                     requires_grad=False,
                     quant_type=quant_type,
                     compress_statistics=double_quant,
+                    quant_storage=getattr(torch, quant_storage),
                 )
             else:
                 layer = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)

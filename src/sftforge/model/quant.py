@@ -27,6 +27,7 @@ def quantization_config(peft_args: PeftArguments) -> Any | None:
         bnb_4bit_quant_type=peft_args.bnb_4bit_quant_type,
         bnb_4bit_compute_dtype=getattr(torch, "float32" if compute == "auto" else compute),
         bnb_4bit_use_double_quant=peft_args.bnb_4bit_use_double_quant,
+        bnb_4bit_quant_storage=getattr(torch, peft_args.bnb_4bit_quant_storage),
         # norms, embeddings and the LM head stay in the load dtype (transformers' default skip list)
     )
 
