@@ -52,9 +52,9 @@ def _train(argv: list[str]) -> int:
             "`accelerate launch` / `torchrun` yourself.",
             "num_processes",
         )
-    from sftforge.config.reporting import apply_logging_dir
+    from sftforge.config.reporting import prepare_reporters
 
-    apply_logging_dir(cfg.training)  # before the Trainer creates its TensorBoard callback
+    prepare_reporters(cfg.training)  # before the Trainer creates the reporters' callbacks
     run_training(cfg)
     from sftforge.train.shutdown import leave_distributed
 

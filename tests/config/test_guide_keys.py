@@ -291,3 +291,18 @@ def test_missing_wandb_or_swanlab_says_which_extra(base, monkeypatch):
         load_config(None, [*base, "--report_to", '["wandb", "swanlab"]'])
     text = str(info.value)
     assert "pip install -e '.[wandb]'" in text and "pip install -e '.[swanlab]'" in text
+
+
+def test_swanlab_0_10_gets_swanlabs_own_transformers_callback(monkeypatch):
+    swanlab = pytest.importorskip("swanlab")
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from sftforge.config.reporting import use_swanlabs_own_callback
+
+    monkeypatch.setitem(
+        INTEGRATION_TO_CALLBACK, "swanlab", INTEGRATION_TO_CALLBACK["swanlab"]
+    )  # restored after
+    swapped = use_swanlabs_own_callback()
+    assert swapped == hasattr(swanlab, "has_run")
+    if swapped:
+        assert INTEGRATION_TO_CALLBACK["swanlab"].__module__ == "swanlab.integration.transformers"

@@ -45,12 +45,15 @@ def test_wandb_offline(tmp_path, tiny_model_dir):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install -e '.[wandb]')")
     train(tmp_path, tiny_model_dir, "--report_to", "wandb", WANDB_MODE="offline", WANDB_DIR=str(tmp_path),
           WANDB_SILENT="true")  # fmt: skip
-    runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs and any(runs[0].glob("*.wandb"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    assert runs and b"train/loss" in runs[0].read_bytes()
 
 
 def test_swanlab_offline(tmp_path, tiny_model_dir):
     pytest.importorskip("swanlab", reason="swanlab is not installed (pip install -e '.[swanlab]')")
     train(tmp_path, tiny_model_dir, "--report_to", "swanlab", SWANLAB_MODE="offline",
           SWANLAB_LOG_DIR=str(tmp_path / "swanlog"))  # fmt: skip
-    assert any((tmp_path / "swanlog").iterdir())
+    # swanlab 0.10's get_run() raises where transformers' own callback expects None: sftforge uses swanlab's
+    # transformers callback instead, and the losses reach the run file
+    runs = list((tmp_path / "swanlog").glob("run-*/run-*.swanlab"))
+    assert runs and b"train/loss" in runs[0].read_bytes()

@@ -69,8 +69,8 @@ def check_report_to(train: dict[str, Any], problems: list[str]) -> list[str]:
             )
     if "swanlab" in names and not os.environ.get("SWANLAB_MODE") and not os.environ.get("SWANLAB_API_KEY"):
         notes.append(
-            "swanlab: no SWANLAB_API_KEY and no SWANLAB_MODE: swanlab asks for a login at the first step; "
-            "SWANLAB_MODE=offline (or local) logs to ./swanlog without an account"
+            "swanlab: cloud mode needs `swanlab login` (or SWANLAB_API_KEY); without either and without a terminal "
+            "it stops at the first step. SWANLAB_MODE=offline logs to ./swanlog without an account"
         )
     logging_dir = train.get("logging_dir")
     if logging_dir:
@@ -83,9 +83,33 @@ def check_report_to(train: dict[str, Any], problems: list[str]) -> list[str]:
     return notes
 
 
+def prepare_reporters(args: Any) -> None:
+    """Before the Trainer is built (it creates the reporters' callbacks): TensorBoard's folder, and a SwanLab
+    callback that works with the installed swanlab."""
+    apply_logging_dir(args)
+    if "swanlab" in reporters(getattr(args, "report_to", None)):
+        use_swanlabs_own_callback()
+
+
 def apply_logging_dir(args: Any) -> None:
     """transformers 5's TensorBoardCallback reads its folder from TENSORBOARD_LOGGING_DIR when it is created
     (with the Trainer), not from the arguments: set it from the recipe's `logging_dir`."""
     folder = getattr(args, "logging_dir", None)
     if folder:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(folder).expanduser().resolve())
+
+
+def use_swanlabs_own_callback() -> bool:
+    """transformers' SwanLabCallback asks `swanlab.get_run() is None` before starting a run; swanlab 0.10 raises
+    there instead ("No active Run"), so `report_to: swanlab` would fail at the first step. swanlab ships a
+    transformers callback written for its current API: use that one for the "swanlab" reporter. True if swapped."""
+    try:
+        import swanlab
+        from swanlab.integration.transformers import SwanLabCallback
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+    except Exception:  # an older swanlab without the integration: transformers' own callback fits it
+        return False
+    if not hasattr(swanlab, "has_run"):  # before 0.10: get_run() returns None, as transformers expects
+        return False
+    INTEGRATION_TO_CALLBACK["swanlab"] = SwanLabCallback
+    return True

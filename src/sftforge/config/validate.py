@@ -56,13 +56,13 @@ def check_and_resolve(
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
+    before = len(problems)
     notes += _resolve_precision(train, explicit, on_gpu, problems, auto)
     from sftforge.config.precision import check_deepspeed_json, follow_recipe_in_accelerate
     from sftforge.config.reporting import check_report_to
 
-    if (
-        not problems
-    ):  # the recipe's precision is settled: a DeepSpeed JSON and accelerate's env must follow it
+    # The recipe's precision is settled: a DeepSpeed JSON and accelerate's environment must follow it
+    if len(problems) == before:
         check_deepspeed_json(train, _precision_source(train, explicit, auto), problems)
         notes += follow_recipe_in_accelerate(train)
     notes += check_report_to(train, problems)
