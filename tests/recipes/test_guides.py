@@ -93,7 +93,7 @@ def run_recipe(
         env.pop(key, None)
     model_arg = ["--model_name_or_path", str(model)] if model else []
     cmd = [sys.executable, "-m", "sftforge", "train", f"recipes/guides/{name}", *model_arg,
-           "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true", *extra]  # fmt: skip
+           "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true", *extra]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (" ".join(cmd), proc.stdout[-3000:], proc.stderr[-5000:])
     return proc
