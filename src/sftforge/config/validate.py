@@ -222,7 +222,7 @@ def _resolve_precision(
             train["bf16"] = train["fp16"] = False
             train.setdefault("use_cpu", True)
             why = (
-                "bf16 autocast on CPU is several times slower than fp32 (7.8x measured); use_cpu: true with "
+                "bf16 autocast on CPU is several times slower than fp32, 7.8x measured; use_cpu: true with "
                 "bf16: true forces it"
                 if bf16
                 else "fp16 mixed precision needs a CUDA GPU"
