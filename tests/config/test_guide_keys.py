@@ -195,8 +195,21 @@ def test_an_accelerate_configs_bf16_follows_the_recipe_in_launched_processes(bas
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     cfg = load_config(None, [*base, "--bf16", "true"])
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"
-    assert "precision: the recipe's no over the accelerate config's mixed_precision bf16" in cfg.notes
+    assert "precision: fp32 from the recipe, not the accelerate config's mixed_precision: bf16" in cfg.notes
     assert cfg.training.mixed_precision == "no"
+
+
+def test_a_deepspeed_accelerate_configs_mixed_precision_is_not_refused_by_accelerate(base, monkeypatch):
+    """`accelerate launch --config_file configs/accelerate/zero3.yaml` by hand: accelerate lists the file's
+    mixed_precision in ACCELERATE_CONFIG_DS_FIELDS, and its DeepSpeed plugin then refuses to start in every
+    process ("will be ignored") although the JSON says "auto". The recipe decides, so it is taken off the list."""
+    import os
+
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", "deepspeed_config_file,zero3_init_flag,mixed_precision")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    cfg = load_config(None, base)
+    assert os.environ["ACCELERATE_CONFIG_DS_FIELDS"] == "deepspeed_config_file,zero3_init_flag"
+    assert any("mixed_precision is left to the recipe" in n for n in cfg.notes)
 
 
 # ---------------------------------------------------------------- DeepSpeed JSON vs the recipe

@@ -128,6 +128,34 @@ def test_full_sft_zero3_two_processes(make_tiny_model, tmp_path):
 
 
 @pytest.mark.slow
+def test_full_sft_zero3_started_by_hand_with_the_shipped_accelerate_config(make_tiny_model, tmp_path):
+    """The header's `accelerate launch --config_file configs/accelerate/zero3.yaml …` line: the config file says
+    mixed_precision: bf16, which accelerate's DeepSpeed plugin used to refuse in every process (with a JSON), and
+    which would have been bf16 on this CPU."""
+    pytest.importorskip("deepspeed", reason="the `deepspeed` extra is not installed")
+    name = "full_sft_zero3.yaml"
+    header = " ".join((GUIDES / name).read_text().replace("\\\n#", " ").split())
+    by_hand = (
+        "accelerate launch --config_file configs/accelerate/zero3.yaml --num_processes 2 -m sftforge train"
+    )
+    assert f"{by_hand} recipes/guides/{name}" in header
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               MASTER_ADDR="127.0.0.1")  # fmt: skip
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_MIXED_PRECISION"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/zero3.yaml",
+           "--num_processes", "2", "--main_process_port", _port(), "-m", "sftforge", "train",
+           f"recipes/guides/{name}", "--model_name_or_path", str(make_tiny_model(arch_of(name))),
+           "--output_dir", str(out), "--max_steps", "2", "--logging_steps", "1", "--disable_tqdm", "true"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    assert "the accelerate config's mixed_precision is left to the recipe" in proc.stdout
+    assert "precision: fp32 from the recipe, not the accelerate config's mixed_precision: bf16" in proc.stdout
+    assert len(losses(out)) == 2 and (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_open_r1_sft_as_written(make_tiny_model, tmp_path):
     name = "open_r1_sft.yaml"
     out = tmp_path / "out"

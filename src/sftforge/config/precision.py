@@ -81,12 +81,28 @@ def check_deepspeed_json(train: dict[str, Any], why: str, problems: list[str]) -
 def follow_recipe_in_accelerate(train: dict[str, Any]) -> list[str]:
     """In a process `accelerate launch` started, ACCELERATE_MIXED_PRECISION holds the config file's
     `mixed_precision` (the shipped ones say bf16). transformers uses it whenever bf16 and fp16 are both off, so
-    a recipe's fp32 (e.g. on a CPU) would silently become bf16 — or fail inside DeepSpeed. The recipe decides."""
+    a recipe's fp32 (e.g. on a CPU) would silently become bf16 — or fail inside DeepSpeed. The recipe decides.
+
+    With a DeepSpeed JSON, accelerate also refuses a config file's `mixed_precision` outright in every process
+    ("the following accelerate config variables will be ignored: [... 'mixed_precision']"; ACCELERATE_CONFIG_DS_FIELDS
+    lists it) unless `--mixed_precision` was given on the command line: the JSON's "auto" takes the recipe's value,
+    so that line is dropped from the list too."""
+    notes = []
+    fields = os.environ.get("ACCELERATE_CONFIG_DS_FIELDS")
+    if fields is not None and "mixed_precision" in fields.split(","):
+        os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = ",".join(
+            f for f in fields.split(",") if f != "mixed_precision"
+        )
+        notes.append(
+            "precision: the accelerate config's mixed_precision is left to the recipe (the DeepSpeed JSON's "
+            '"auto" takes the recipe\'s bf16/fp16)'
+        )
     env = os.environ.get("ACCELERATE_MIXED_PRECISION")
     wanted = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[
         precision_name(bool(train.get("bf16")), bool(train.get("fp16")))
     ]
     if env is None or env == wanted:
-        return []
+        return notes
     os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
-    return [f"precision: the recipe's {wanted} over the accelerate config's mixed_precision {env}"]
+    name = "fp32" if wanted == "no" else wanted
+    return [*notes, f"precision: {name} from the recipe, not the accelerate config's mixed_precision: {env}"]
