@@ -190,9 +190,12 @@ def test_minimind_sft_with_moe_aux_loss(make_tiny_model, tmp_path):
     name = "minimind_sft.yaml"
     out = tmp_path / "out"
     proc = run_recipe(name, make_tiny_model(arch_of(name)), out)
-    assert "formats: conversations" in proc.stdout or "conversations" in proc.stdout
+    assert "formats: conversations 204" in proc.stdout
+    assert "decision     precision: fp32 — the recipe asks for bf16, but there is no GPU" in proc.stdout
+    assert "router_aux_loss_coef" in proc.stdout  # the MoE aux-loss decision line names the recipe's key
     assert len(losses(out)) == 2
     written = yaml.safe_load((out / "sftforge_config.yaml").read_text())
+    assert written["model"]["router_aux_loss_coef"] == 0.01
     assert written["training"]["max_grad_norm"] == 1.0
     assert written["training"]["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
 
