@@ -155,6 +155,53 @@ def test_full_sft_zero3_started_by_hand_with_the_shipped_accelerate_config(make_
     assert len(losses(out)) == 2 and (out / "model.safetensors").is_file()
 
 
+# open-r1's SFT recipe keys (recipes/<model>/sft/config_demo.yaml, TRL's SFTConfig / ModelConfig names)
+OPEN_R1_KEYS = [
+    "model_name_or_path",
+    "model_revision",
+    "torch_dtype",
+    "attn_implementation",
+    "dataset_name",
+    "dataset_num_proc",
+    "bf16",
+    "do_eval",
+    "eval_strategy",
+    "gradient_accumulation_steps",
+    "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+    "hub_model_id",
+    "hub_strategy",
+    "learning_rate",
+    "log_level",
+    "logging_steps",
+    "logging_strategy",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "packing",
+    "max_length",
+    "max_steps",
+    "num_train_epochs",
+    "output_dir",
+    "overwrite_output_dir",
+    "per_device_eval_batch_size",
+    "per_device_train_batch_size",
+    "push_to_hub",
+    "report_to",
+    "save_strategy",
+    "save_total_limit",
+    "seed",
+    "use_liger_kernel",
+    "warmup_ratio",
+]
+
+
+def test_the_open_r1_recipe_has_every_key_of_open_r1s():
+    keys = recipe_keys("open_r1_sft.yaml")
+    assert set(OPEN_R1_KEYS) <= set(keys), set(OPEN_R1_KEYS) - set(keys)
+    assert keys["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
+    assert keys["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
+
+
 @pytest.mark.slow
 def test_open_r1_sft_as_written(make_tiny_model, tmp_path):
     name = "open_r1_sft.yaml"
@@ -166,6 +213,7 @@ def test_open_r1_sft_as_written(make_tiny_model, tmp_path):
     assert written["training"]["lr_scheduler_kwargs"] == {"min_lr_rate": 0.1}
     assert written["training"]["hub_model_id"] == "Qwen2.5-1.5B-Open-R1-Distill"
     assert written["data"]["dataset_name"] == "examples/demo/train.jsonl"
+    assert written["training"]["activation_checkpointing_kwargs"] == {"use_reentrant": False}
 
 
 @pytest.mark.slow
