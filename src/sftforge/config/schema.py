@@ -45,6 +45,22 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata=_help("Run Python code shipped with a hub model. Off unless you trust it.")
     )
+    # Mixture-of-experts models (config has num_experts / num_local_experts): the router's load-balancing loss.
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata=_help(
+            "MoE models: weight of the router's load-balancing (aux) loss added to the trained loss; default: the "
+            "model's own (e.g. 0.001 Qwen2-MoE, 0.02 Mixtral); 0 turns it off. Aliases: aux_loss_alpha, "
+            "moe_aux_loss_coef."
+        ),
+    )
+    output_router_logits: bool | None = field(
+        default=None,
+        metadata=_help(
+            "MoE models: train with the router aux loss (default: on for MoE models); false turns it off. The "
+            "saved config keeps the base's value, so generation is unaffected."
+        ),
+    )
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
+from sftforge.model.moe import configure_aux_loss, is_moe
 from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import VARLEN, check_packing_supported, packed_attention_backend
@@ -109,6 +110,10 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    trainer.moe_model = is_moe(model.config)  # MoE: the router aux loss (model/moe.py)
+    trainer.moe_aux, moe_note = configure_aux_loss(model, cfg.model, cfg.explicit)
+    if moe_note and moe_note not in cfg.notes:
+        cfg.notes.append(moe_note)
     trainer.stop_ids = bundle.end_of_turn_ids  # eval_generation: answers end where trained turns end
     trainer.packing_s, trainer.packing_fill = packing_s, fill  # reported with the preprocessing figures
     return trainer
