@@ -55,6 +55,15 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_for_inference(
         args.model, args.base, args.trust_remote_code, args.device, args.dtype, source="serve"
     )
+    if loaded.kind == "prompt-learning":
+        from sftforge.errors import ConfigError
+
+        raise ConfigError(
+            f"{args.model!r} is a prefix/prompt/P-tuning adapter: the batching engine drives the model's forward "
+            "pass and KV cache itself, and cannot add the virtual tokens peft's generate() adds. Chat with it "
+            f"(`sftforge chat {args.model}`), or train with finetuning_type: lora or ia3 to serve.",
+            source="serve",
+        )
     engine = Engine(loaded, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
     app = create_app(engine, name, api_key=args.api_key, default_max_tokens=args.max_tokens)
     where = f"http://{args.host}:{args.port}"
