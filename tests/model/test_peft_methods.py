@@ -70,6 +70,13 @@ def test_train_save_reload_generate(trained, make_tiny_model, method):
     base = load_file(str(make_tiny_model("qwen2") / "model.safetensors"))
     assert saved and not (set(saved) & set(base))  # only adapter tensors are saved
     assert 0 < metrics["trainable_params"] < metrics["total_params"] / 10
+    saved_numel = sum(t.numel() for t in saved.values())
+    if (
+        method == "ptuning"
+    ):  # peft saves the prompt encoder's output (virtual tokens × hidden), not the encoder
+        assert saved_numel == 4 * base["model.embed_tokens.weight"].shape[1]
+    else:  # what trained is exactly what was saved: the base stayed frozen
+        assert metrics["trainable_params"] == saved_numel
     logs = [e["loss"] for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
     assert logs[-1] < logs[0], logs  # the adapter learns
 
@@ -153,3 +160,18 @@ def test_config_refusals(tmp_path, make_tiny_model):
             _cfg(tmp_path, model_dir, *args)
     cfg = _cfg(tmp_path, model_dir, "--finetuning_type", "prompt", "--prompt_tuning_init_text", "Hi.")
     assert cfg.peft.prompt_tuning_init == "text"  # giving the text says how to start
+
+
+@pytest.mark.parametrize("method", [("lora", "--lora_dropout", "0"), ("ia3",)], ids=["lora", "ia3"])
+def test_adapters_on_an_moe_model_train_with_the_aux_loss(tmp_path, make_tiny_model, method):
+    """LoRA and IA3 on tiny Mixtral: the router aux loss is on (model's coefficient) and logged; IA3's default
+    targets are the attention linears (the experts are fused tensors)."""
+    cfg = _cfg(tmp_path, make_tiny_model("mixtral"), "--finetuning_type", *method, "--max_steps", "2")
+    metrics = run_training(cfg)
+    out = Path(cfg.training.output_dir)
+    logs = [e for e in json.loads((out / "log_history.json").read_text()) if "loss" in e]
+    assert all("aux_loss" in e and "router_load_min" in e for e in logs)
+    assert metrics["trainable_params"] > 0
+    if method[0] == "ia3":
+        targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+        assert sorted(targets) == ["k_proj", "v_proj"]
