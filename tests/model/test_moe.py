@@ -109,6 +109,10 @@ def test_trained_loss_is_lm_plus_coef_times_aux_once_per_step(tmp_path, make_tin
         assert abs(float(aux) - float(out.aux_loss)) < 1e-6  # transformers' aux = the formula, pads excluded
         expected = lm + coef * aux / 2
         assert abs(float(loss) - float(expected)) < 1e-6, (float(loss), float(lm), float(aux))
+        print(
+            f"{arch} packing={packing}: trained {float(loss):.7f} = LM {float(lm):.7f} + {coef} x aux "
+            f"{float(aux):.6f} / 2 (|diff| {abs(float(loss) - float(expected)):.1e})"
+        )
     assert "aux_loss" in trainer.state.log_history[0]
     # the model's own per-forward addition is back after training (it was off during it)
     assert model.router_aux_loss_coef == coef
@@ -130,6 +134,7 @@ def test_pads_do_not_count(tmp_path, make_tiny_model, arch):
         if packing == "false":
             assert (inputs["attention_mask"] == 0).any()  # there are pads to leave out
         values[packing] = trainer.state.log_history[0]["aux_loss"]
+    print(f"{arch}: aux padded {values['false']} vs packed {values['true']}")
     assert values["false"] == pytest.approx(values["true"], abs=2e-5)
 
 

@@ -50,8 +50,8 @@ class ModelArguments:
         default=None,
         metadata=_help(
             "MoE models: weight of the router's load-balancing (aux) loss added to the trained loss; default: the "
-            "model's own (e.g. 0.001 Qwen2-MoE, 0.02 Mixtral); 0 turns it off. Aliases: aux_loss_alpha, "
-            "moe_aux_loss_coef."
+            "model's own (its config's: e.g. 0.001 Qwen1.5-MoE, 0.02 Mixtral-8x7B); 0 turns it off. Aliases: "
+            "aux_loss_alpha, moe_aux_loss_coef."
         ),
     )
     output_router_logits: bool | None = field(
