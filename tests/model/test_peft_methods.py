@@ -175,3 +175,31 @@ def test_adapters_on_an_moe_model_train_with_the_aux_loss(tmp_path, make_tiny_mo
     if method[0] == "ia3":
         targets = json.loads((out / "adapter_config.json").read_text())["target_modules"]
         assert sorted(targets) == ["k_proj", "v_proj"]
+
+
+def test_chat_serve_and_eval_loss_with_prompt_learning(trained, monkeypatch, capsys):
+    """`sftforge chat` answers with a prompt-tuning folder; `sftforge serve` refuses it (exit 2, says to chat);
+    `sftforge eval`'s masked loss lines its logits up with the input despite the virtual tokens in front."""
+    import io
+
+    from sftforge.eval.loss import masked_loss
+
+    cfg, _ = trained("prompt")
+    out = cfg.training.output_dir
+    monkeypatch.setattr("sys.stdin", io.StringIO("Is sun a word 0?\n/exit\n"))
+    assert cli_main(["chat", out, "--max_new_tokens", "4"]) == 0
+    assert "model> " in capsys.readouterr().out
+    assert cli_main(["serve", out, "--port", "8765"]) == 2
+    err = capsys.readouterr().err
+    assert "prefix/prompt/P-tuning adapter" in err and "sftforge chat" in err
+
+    loaded = load_for_inference(out, device="cpu")
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "Is sun a word 0?"},
+                                    {"role": "assistant", "content": "yes it is"}], tokenize=False)  # fmt: skip
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    labels = [-100] * (len(ids) - 5) + ids[-5:]
+    result = masked_loss(loaded.model, [{"input_ids": ids, "labels": labels}], tok.pad_token_id)
+    with torch.no_grad():  # peft's own loss: labels are shifted past the virtual tokens by peft itself
+        own = loaded.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
+    assert result.loss == pytest.approx(own, abs=1e-5)

@@ -148,13 +148,34 @@ def _apply_other(model: Any, peft_args: PeftArguments, tokenizer: Any) -> tuple[
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
-            return peft.get_peft_model(model, config), note
+            model = peft.get_peft_model(model, config)
+        if kind != "ia3":
+            cache_named_for_peft(model)  # eval_generation generates with it
+        return model, note
     except ValueError as e:
         linear = ", ".join(sorted(linear_module_names(model)))
         hint = f" Linear modules in this model: {linear}." if kind == "ia3" else ""
         raise ConfigError(
             f"finetuning_type {kind}: peft refuses: {str(e).splitlines()[0]}{hint}", "peft"
         ) from None
+
+
+def cache_named_for_peft(peft_model: Any) -> Any:
+    """peft 0.21's generate() for prompt learning finds the KV cache as model_kwargs["past_key_values"];
+    transformers 5.x names it "cache". Unpatched, prefix tuning generates from the bare base (the prefix is never
+    injected) and prompt / P-tuning insert their virtual tokens again at every decoding step. Handing peft the cache
+    under the old name (which the model still accepts) makes every step's logits equal an uncached forward pass
+    (tests/model/test_peft_methods.py). Also applied to the model being trained, for eval_generation."""
+    inner = peft_model.base_model_prepare_inputs_for_generation
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        inputs = inner(*args, **kwargs)
+        if "cache" in inputs and "past_key_values" not in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    peft_model.base_model_prepare_inputs_for_generation = prepare
+    return peft_model
 
 
 def ia3_modules(model: Any, peft_args: PeftArguments) -> tuple[Any, Any]:

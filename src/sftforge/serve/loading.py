@@ -103,6 +103,7 @@ def _load_lora(
     from transformers import AutoModelForCausalLM
 
     from sftforge.export.merge_inputs import UNMERGEABLE, attach_adapter, load_tokenizer
+    from sftforge.model.peft import cache_named_for_peft
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     base = base or config.get("base_model_name_or_path")
@@ -126,24 +127,6 @@ def _load_lora(
         # Virtual tokens cannot be merged into weights: the PeftModel stays, and its generate() puts them in front
         return tokenizer, cache_named_for_peft(model), base
     return tokenizer, model.merge_and_unload(), base
-
-
-def cache_named_for_peft(peft_model: Any) -> Any:
-    """peft 0.21's generate() for prompt learning finds the KV cache as model_kwargs["past_key_values"];
-    transformers 5.x names it "cache". Unpatched, prefix tuning generates from the bare base (the prefix is never
-    injected) and prompt / P-tuning insert their virtual tokens again at every decoding step. Handing peft the cache
-    under the old name (which the model still accepts) makes every step's logits equal an uncached forward pass
-    (tests/model/test_peft_methods.py)."""
-    inner = peft_model.base_model_prepare_inputs_for_generation
-
-    def prepare(*args: Any, **kwargs: Any) -> Any:
-        inputs = inner(*args, **kwargs)
-        if "cache" in inputs and "past_key_values" not in inputs:
-            inputs["past_key_values"] = inputs.pop("cache")
-        return inputs
-
-    peft_model.base_model_prepare_inputs_for_generation = prepare
-    return peft_model
 
 
 def _stop_ids(where: Path, model: Any, tokenizer: Any) -> list[int]:
