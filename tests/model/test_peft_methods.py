@@ -66,6 +66,10 @@ def test_train_save_reload_generate(trained, make_tiny_model, method):
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["peft_type"] == METHODS[method][0]
     assert not (out / "model.safetensors").exists()  # an adapter folder, like LoRA's
+    card = (out / "README.md").read_text()
+    assert "library_name: peft" in card and "PeftModel.from_pretrained" in card
+    assert ("cannot be merged" in card) is (method != "ia3")
+    assert ("sftforge merge --base" in card) is (method == "ia3")
     saved = load_file(str(out / "adapter_model.safetensors"))
     base = load_file(str(make_tiny_model("qwen2") / "model.safetensors"))
     assert saved and not (set(saved) & set(base))  # only adapter tensors are saved

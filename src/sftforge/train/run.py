@@ -188,7 +188,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             training=args,
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
-            adapter=cfg.peft if cfg.peft.is_lora else None,
+            adapter=cfg.peft if cfg.peft.is_adapter else None,
         )
         print_final_summary(metrics, out)
         if cfg.peft.merge_after_train:
