@@ -200,3 +200,49 @@ def test_run_training_logs_and_saves_the_coef(tmp_path, make_tiny_model):
     saved = json.loads((out / "config.json").read_text())
     assert saved["router_aux_loss_coef"] == 0.05 and not saved.get("output_router_logits")
     assert any("router aux" in n for n in cfg.notes)
+
+
+def test_a_base_config_with_router_logits_on(tmp_path, make_tiny_model):
+    """A checkpoint whose config.json already says output_router_logits: true (transformers' models would then add
+    coef × aux to every forward's loss, evaluation included): with output_router_logits: false the trained loss is
+    the LM loss alone, and eval_loss is the LM loss either way."""
+    import shutil
+
+    model_dir = tmp_path / "mixtral-router-on"
+    shutil.copytree(make_tiny_model("mixtral"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "output_router_logits": True}))
+    for setting in ("false", "true"):
+        cfg = _cfg(tmp_path / setting, model_dir, "--per_device_train_batch_size", "4", "--learning_rate", "0",
+                   "--output_router_logits", setting, "--eval_split_ratio", "0.25")  # fmt: skip
+        bundle, data = prepare_tokenized_data(cfg)
+        model = load_model(cfg.model, False)
+        trainer = build_trainer(cfg, bundle, data, model)
+        rec = Record(trainer)
+        trainer.train()
+        ((inputs, n_items, loss),) = rec.calls
+        feed = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            out = model(**feed, output_router_logits=False)
+            lm = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), inputs["labels"][:, 1:].flatten(),
+                                 ignore_index=-100, reduction="sum") / n_items  # fmt: skip
+        aux_part = float(loss) - float(lm)
+        if setting == "false":
+            assert abs(aux_part) < 1e-6
+        else:
+            assert aux_part > 1e-4  # coef 0.001 × aux ≈ 2
+        ev = trainer.evaluate()
+        batch = trainer.data_collator([e.as_features() for e in data.eval])
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            expected = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100)
+        assert ev["eval_loss"] == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_moe_with_activation_checkpointing(tmp_path, make_tiny_model):
+    cfg = _cfg(tmp_path, make_tiny_model("qwen2_moe"), "--max_steps", "2", "--per_device_train_batch_size", "4",
+               "--activation_checkpointing", "true")  # fmt: skip
+    run_training(cfg)
+    logs = json.loads((Path(cfg.training.output_dir) / "log_history.json").read_text())
+    assert all(e["aux_loss"] > 0 for e in logs if "loss" in e)
