@@ -15,7 +15,7 @@ COMMANDS = {
     "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
     "chat": "chat with a model folder in the terminal",
     "serve": "an OpenAI-compatible API and a web chat page for a model folder (127.0.0.1 by default)",
-    "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
+    "merge": "merge a LoRA or IA3 adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
     "eval": "loss, perplexity and generation metrics (exact match, ROUGE-L, BLEU) on held-out data; base vs tuned",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",

@@ -27,8 +27,8 @@ def check_adapter(adapter: str | Path) -> tuple[Path, dict[str, Any]]:
             else "no adapter_config.json"
         )
         raise ConfigError(
-            f"--adapter: {str(path)!r} holds {what}. Pass the output_dir of a run with finetuning_type: lora "
-            "or qlora (or one of its checkpoint-N folders).",
+            f"--adapter: {str(path)!r} holds {what}. Pass the output_dir of a run with finetuning_type: lora, "
+            "qlora or ia3 (or one of its checkpoint-N folders).",
             source="merge",
         )
     try:
