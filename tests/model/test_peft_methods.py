@@ -181,9 +181,9 @@ def test_adapters_on_an_moe_model_train_with_the_aux_loss(tmp_path, make_tiny_mo
         assert sorted(targets) == ["k_proj", "v_proj"]
 
 
-def test_chat_serve_and_eval_loss_with_prompt_learning(trained, monkeypatch, capsys):
-    """`sftforge chat` answers with a prompt-tuning folder; `sftforge serve` refuses it (exit 2, says to chat);
-    `sftforge eval`'s masked loss lines its logits up with the input despite the virtual tokens in front."""
+def test_chat_and_eval_loss_with_prompt_learning(trained, monkeypatch, capsys):
+    """`sftforge chat` answers with a prompt-tuning folder; `sftforge eval`'s masked loss lines its logits up with
+    the input despite the virtual tokens in front."""
     import io
 
     from sftforge.eval.loss import masked_loss
@@ -193,9 +193,6 @@ def test_chat_serve_and_eval_loss_with_prompt_learning(trained, monkeypatch, cap
     monkeypatch.setattr("sys.stdin", io.StringIO("Is sun a word 0?\n/exit\n"))
     assert cli_main(["chat", out, "--max_new_tokens", "4"]) == 0
     assert "model> " in capsys.readouterr().out
-    assert cli_main(["serve", out, "--port", "8765"]) == 2
-    err = capsys.readouterr().err
-    assert "prefix/prompt/P-tuning adapter" in err and "sftforge chat" in err
 
     loaded = load_for_inference(out, device="cpu")
     tok = loaded.tokenizer
@@ -207,3 +204,66 @@ def test_chat_serve_and_eval_loss_with_prompt_learning(trained, monkeypatch, cap
     with torch.no_grad():  # peft's own loss: labels are shifted past the virtual tokens by peft itself
         own = loaded.model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
     assert result.loss == pytest.approx(own, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "ptuning"])
+def test_serve_engine_batches_prompt_learning_adapters(trained, method):
+    """The batching engine (`sftforge serve`) with a prefix / prompt / P-tuning folder: prompts of different lengths
+    in one left-padded batch, plus one joining mid-generation, answer what peft's generate() answers alone."""
+    import threading
+
+    from sftforge.serve.engine import Engine, Request
+    from sftforge.serve.prompts import PromptBuilder
+    from sftforge.serve.sampling import SamplingParams
+
+    cfg, _ = trained(method)
+    loaded = load_for_inference(cfg.training.output_dir, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # larger random weights: an untrained tiny model answers every prompt alike
+        for p in loaded.model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    prompts = [
+        [{"role": "user", "content": t}] for t in ("Say sun 3 times", "hi", "Name a long river, please now")
+    ]
+    builder = PromptBuilder(loaded.tokenizer)
+    engine = Engine(loaded, max_batch_size=8)
+    finals: dict[int, str] = {}
+    started, done = threading.Event(), threading.Event()
+    limits = [40, 30, 8]
+
+    def emit_for(k: int):  # noqa: ANN202
+        def emit(event) -> None:  # noqa: ANN001
+            started.set()
+            if event.finish_reason:
+                finals[k] = event.text
+                if len(finals) == len(prompts):
+                    done.set()
+
+        return emit
+
+    def request(k: int) -> Request:
+        return Request(builder.build(prompts[k]).ids, SamplingParams(max_tokens=limits[k], temperature=0),
+                       emit_for(k))  # fmt: skip
+
+    try:
+        with engine.condition:  # the first two start as one left-padded batch
+            engine.waiting.extend([request(0), request(1)])
+            engine.condition.notify()
+        assert started.wait(60)
+        engine.submit(request(2))  # joins the running batch at the next token
+        assert done.wait(120)
+    finally:
+        engine.close()
+    assert engine.batches == 1 and engine.joined == 1
+    tok = loaded.tokenizer
+    for k, messages in enumerate(prompts):
+        ids = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                  add_special_tokens=False, return_tensors="pt")["input_ids"]  # fmt: skip
+        with torch.no_grad():
+            out = loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                        max_new_tokens=limits[k], do_sample=False, eos_token_id=loaded.stop_ids,
+                                        pad_token_id=tok.pad_token_id)  # fmt: skip
+        new = [t for t in out[0, ids.shape[1] :].tolist() if t not in loaded.stop_ids]
+        assert finals[k] == tok.decode(new, skip_special_tokens=True), (method, k)
+    assert len(set(finals.values())) > 1

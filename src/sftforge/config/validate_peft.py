@@ -144,8 +144,8 @@ def _check_other_methods(
             "ptuning or prompt."
         )
     return [
-        f"{kind}: the adapter cannot be merged (`sftforge merge` refuses it); `sftforge chat OUTPUT_DIR` runs it "
-        "unmerged (`sftforge serve` cannot: its engine drives the KV cache itself)"
+        f"{kind}: the adapter cannot be merged (`sftforge merge` refuses it); `sftforge chat OUTPUT_DIR` and `sftforge "
+        "serve OUTPUT_DIR` run it unmerged"
     ]
 
 

@@ -119,7 +119,7 @@ def _adapter_intro(base_model: str, adapter: Any) -> list[str]:
             return [
                 f"**This folder is a {method} adapter of the base model `{base_model}`**, not a full model: load "
                 "it on top of that base (peft). Its trained virtual tokens are inputs, not weight changes, so it "
-                "cannot be merged; `sftforge chat <this folder>` runs it.",
+                "cannot be merged; `sftforge chat <this folder>` and `sftforge serve <this folder>` run it.",
                 "",
             ]
         return [

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sftforge.errors import ConfigError
+from sftforge.export.merge_inputs import UNMERGEABLE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,15 +56,6 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_for_inference(
         args.model, args.base, args.trust_remote_code, args.device, args.dtype, source="serve"
     )
-    if loaded.kind == "prompt-learning":
-        from sftforge.errors import ConfigError
-
-        raise ConfigError(
-            f"{args.model!r} is a prefix/prompt/P-tuning adapter: the batching engine drives the model's forward "
-            "pass and KV cache itself, and cannot add the virtual tokens peft's generate() adds. Chat with it "
-            f"(`sftforge chat {args.model}`), or train with finetuning_type: lora or ia3 to serve.",
-            source="serve",
-        )
     engine = Engine(loaded, max_batch_size=args.max_batch_size, max_queue=args.max_queue)
     app = create_app(engine, name, api_key=args.api_key, default_max_tokens=args.max_tokens)
     where = f"http://{args.host}:{args.port}"
@@ -106,7 +98,14 @@ def _run_vllm(args: argparse.Namespace, name: str) -> int:
             "'Serve'), or use the built-in engine (--engine hf).",
             source="serve",
         )
-    if (Path(args.model) / "adapter_config.json").is_file():
+    adapter_config = Path(args.model) / "adapter_config.json"
+    if adapter_config.is_file() and _peft_type(adapter_config) in UNMERGEABLE:
+        raise ConfigError(
+            f"--engine vllm: {args.model!r} is a prefix/prompt/P-tuning adapter, which cannot be merged and which "
+            "vLLM does not load. Serve it with the built-in engine (--engine hf).",
+            source="serve",
+        )
+    if adapter_config.is_file():
         raise ConfigError(
             f"--engine vllm: {args.model!r} is a LoRA adapter. Merge it first (sftforge merge --adapter "
             f"{args.model} --output {args.model}/merged) and serve the merged folder.",
@@ -122,3 +121,12 @@ def _run_vllm(args: argparse.Namespace, name: str) -> int:
     print("sftforge serve: " + " ".join(shown), flush=True)
     os.execvp(cmd[0], cmd)
     return 0  # not reached
+
+
+def _peft_type(adapter_config: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(adapter_config.read_text(encoding="utf-8")).get("peft_type")
+    except ValueError:
+        return None
