@@ -114,8 +114,9 @@ def configure_aux_loss(model: Any, model_args: ModelArguments, explicit: set[str
     if not is_moe(config):
         if asked:
             raise ConfigError(
-                f"{', '.join(asked)}: {model_args.model_name_or_path!r} is not a mixture-of-experts model (its "
-                f"config has no {', '.join(_EXPERT_KEYS)} with router_aux_loss_coef); remove the key(s).",
+                f"{', '.join(asked)}: {model_args.model_name_or_path!r} has no router aux loss to set: it is not a "
+                f"mixture-of-experts model, or one whose transformers class computes none (its config has no "
+                f"router_aux_loss_coef next to {' / '.join(_EXPERT_KEYS)}); remove the key(s).",
                 source="model",
             )
         return None, None
