@@ -43,10 +43,9 @@ ALIASES: dict[str, str] = {
     "dtype": "torch_dtype",
     "template": "chat_template",
     "val_size": "eval_split_ratio",
-    # MoE router aux loss (LLaMA-Factory's moe_aux_loss_coef, DeepSeek's aux_loss_alpha)
-    "aux_loss_alpha": "router_aux_loss_coef",
-    "moe_aux_loss_coef": "router_aux_loss_coef",
 }
+# MoE router aux loss (LLaMA-Factory's moe_aux_loss_coef, DeepSeek's aux_loss_alpha)
+ALIASES.update({"aux_loss_alpha": "router_aux_loss_coef", "moe_aux_loss_coef": "router_aux_loss_coef"})
 # Keys transformers 5 removed; we translate them so old recipes keep working.
 _WARMUP_RATIO = "warmup_ratio"  # → warmup_steps as a float < 1 (transformers 5 reads that as a ratio)
 _GROUP_BY_LENGTH = "group_by_length"  # → train_sampling_strategy: group_by_length
