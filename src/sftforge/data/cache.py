@@ -109,8 +109,9 @@ def data_digest(data: Any) -> str:
     resumed run must share with the interrupted one for the data position to mean the same examples."""
     from sftforge.data.readers import resolve_key_files
 
+    text_files = getattr(data, "stage", "sft") != "sft"  # pretraining reads .txt files too
     inputs = (
-        _files_digest(resolve_key_files(data.train_data_path, "train_data_path"))
+        _files_digest(resolve_key_files(data.train_data_path, "train_data_path", text_files))
         if data.train_data_path
         else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
     )
