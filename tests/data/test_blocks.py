@@ -38,7 +38,7 @@ def test_isolation_records_document_pieces():
     blocks, _ = build_blocks(DOCS, 4, isolate=True, sources=["a:1", "a:2", "a:3", "a:4"])
     assert [b.seq_lens for b in blocks] == [[4], [3, 1], [4], [1, 2]]
     assert all(sum(b.seq_lens) == len(b.input_ids) for b in blocks)
-    assert blocks[1].source == "a:2 (+1 more documents)" and blocks[0].source == "a:1"
+    assert blocks[1].source == "a:2 (+1 more)" and blocks[0].source == "a:1"
     assert blocks[1].as_features()["seq_lens"] == [3, 1]
 
 

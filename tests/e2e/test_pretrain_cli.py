@@ -76,3 +76,21 @@ def test_c4_block_512_acceptance(tmp_path, tokenizer_dir, c4):
     assert metrics["train_loss_last"] < metrics["train_loss_first"] - 0.5, metrics  # 7.53 → 6.48 measured
     print(json.dumps({k: metrics[k] for k in ("corpus_tokens", "block_tokens", "corpus_coverage", "seen_tokens",
                                               "train_loss_first", "train_loss_last", "train_s")}))  # fmt: skip
+
+
+def test_config_only_folder_and_stage_auto(tmp_path, tokenizer_dir, c4):
+    """A model folder with a config.json and a tokenizer but no weights, given as model_name_or_path, trains from
+    scratch (read as config_name); `stage: auto` sees documents in c4 and pretrains."""
+    import shutil
+
+    folder = tmp_path / "scratch"
+    shutil.copytree(tokenizer_dir, folder)
+    shutil.copy(REPO / "recipes" / "pretrain_tiny.config.json", folder / "config.json")
+    out = tmp_path / "model"
+    result = run_cli("train", "--model_name_or_path", str(folder), "--train_data_path", str(c4), "--stage", "auto",
+                     "--block_size", "64", "--max_samples", "10", "--max_steps", "2", "--save_strategy", "no",
+                     "--output_dir", str(out), cwd=REPO)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "has a config.json but no weights, so it is read as config_name" in result.stdout
+    assert "stage pt: 10 rows read" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["init"] == "random"

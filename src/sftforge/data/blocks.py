@@ -52,7 +52,7 @@ class BlockStats:
 
 
 def _source(first: str, documents: int) -> str:
-    return first if documents <= 1 else f"{first} (+{documents - 1} more documents)"
+    return first if documents <= 1 else f"{first} (+{documents - 1} more)"
 
 
 def build_blocks(

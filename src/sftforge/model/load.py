@@ -43,9 +43,14 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
             name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
         )
     except (OSError, ValueError) as e:
+        hint = (
+            "Set tokenizer_name (alias of tokenizer_name_or_path) to a tokenizer folder, e.g. one made by "
+            "`sftforge train-tokenizer`: a config for training from scratch holds no tokenizer."
+            if name == model_args.config_name and not model_args.tokenizer_name_or_path
+            else "Give a local model folder or a hub id (hub ids need network)."
+        )
         raise ConfigError(
-            f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n"
-            "    Give a local model folder or a hub id (hub ids need network).",
+            f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n    {hint}",
             source="model_name_or_path",
         ) from None
     template, source = resolve_chat_template(data_args.chat_template, tokenizer)
@@ -164,13 +169,7 @@ def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: A
             source="config_name",
         ) from None
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except (ValueError, AttributeError) as e:
-            raise ConfigError(
-                f"config_overrides: {e} (the config's keys: {', '.join(sorted(config.to_dict())[:40])}, ...).",
-                source="config_overrides",
-            ) from None
+        config = _override(config, model_args.config_overrides)
     if tokenizer is not None:
         config.vocab_size = len(tokenizer)
         for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
@@ -188,3 +187,26 @@ def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: A
             f"config_name: cannot build a model from {model_args.config_name!r}: {str(e).splitlines()[0]}",
             source="config_name",
         ) from None
+
+
+def _override(config: Any, text: str) -> Any:
+    """run_clm.py's `update_from_string`, then the config rebuilt from its values, so that fields derived from an
+    overridden one at construction (Qwen2's per-layer `layer_types` from `num_hidden_layers`) follow it."""
+    import copy
+
+    from sftforge.config.validate_pt import parse_overrides
+
+    probe = copy.deepcopy(config)
+    try:
+        probe.update_from_string(text)  # checks each key exists and converts the value to its type
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(
+            f"config_overrides: {e} (the config's keys: {', '.join(sorted(config.to_dict())[:40])}, ...).",
+            source="config_overrides",
+        ) from None
+    changed = parse_overrides(text)
+    values = config.to_dict()
+    values.update({key: getattr(probe, key) for key in changed})
+    if "num_hidden_layers" in changed and "layer_types" not in changed:
+        values.pop("layer_types", None)  # one entry per layer: recomputed for the new depth
+    return type(config).from_dict(values)

@@ -31,7 +31,11 @@ def run_identity(cfg: SFTConfig, world_size: int) -> dict[str, Any]:
         "seed": args.seed,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
         "finetuning_type": cfg.peft.finetuning_type,
-        **({"config_overrides": cfg.model.config_overrides} if cfg.model.config_overrides else {}),
+        **(
+            {"config_overrides": overrides}
+            if (overrides := getattr(cfg.model, "config_overrides", None))
+            else {}
+        ),
     }
 
 
