@@ -92,5 +92,6 @@ def test_config_only_folder_and_stage_auto(tmp_path, tokenizer_dir, c4):
                      "--output_dir", str(out), cwd=REPO)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "has a config.json but no weights, so it is read as config_name" in result.stdout
+    assert "stage: auto → pt (the rows are plain documents)" in result.stdout
     assert "stage pt: 10 rows read" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["init"] == "random"

@@ -49,7 +49,7 @@ class ModelArguments:
     config_name: str | None = field(
         default=None,
         metadata=_help(
-            "Train from scratch: a folder or hub id with a config.json; the model is randomly initialised (seeded "
+            "Train from scratch: a config.json file, or a folder or hub id with one; the model is randomly initialised (seeded "
             "by `seed`) instead of loaded, sized to the tokenizer (tokenizer_name_or_path, else this folder). A "
             "model_name_or_path folder with a config.json but no weights is read as config_name."
         ),
@@ -176,7 +176,7 @@ class DataArguments:
             ".txt files): tokenized, eos appended to each, concatenated and cut into blocks of max_length "
             "(alias block_size) tokens, every token trained once per epoch; `pack: false` (alias of packing, which "
             "stage pt turns on) instead trains each document alone, cut at max_length. auto: pt when every "
-            "training file is .txt or the first 100 rows hold only text_column, else sft.",
+            "training file is .txt or the first 100 rows hold text_column and no conversation, else sft.",
             choices=("sft", "pt", "auto"),
         ),
     )

@@ -130,10 +130,12 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
-    resolve_stage(cfg.data, cfg.explicit)  # stage: auto → pt or sft, from the data
-    if _packed_attention(
-        cfg
-    ):  # before the data is prepared: a model packing would compute differently is refused
+    if cfg.data.stage == "auto":  # → pt or sft, from the data
+        resolve_stage(cfg.data, cfg.explicit)
+        kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
+        cfg.notes.append(f"stage: auto → {cfg.data.stage} (the rows are {kind})")
+    # Before the data is prepared: a model packing would compute differently is refused
+    if _packed_attention(cfg):
         check_packing_supported(cfg.model)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
