@@ -97,3 +97,23 @@ def test_parse_overrides():
     assert parse_overrides("a=1, b=x,") == {"a": "1", "b": "x"}
     with pytest.raises(ValueError, match="'c' is not key=value"):
         parse_overrides("a=1,c")
+
+
+@pytest.mark.parametrize("stage", ["sft", "pt"])
+def test_written_config_reloads_the_same(data, tmp_path, stage):
+    from sftforge.config import config_to_dict, dump_config
+
+    cfg = _load("--model_name_or_path", "m", "--train_data_path", data, "--stage", stage,
+                "--validation_split_percentage", "10", "--output_dir", str(tmp_path / "o"))  # fmt: skip
+    path = dump_config(cfg, tmp_path / "resolved.yaml")
+    assert config_to_dict(load_config(path)) == config_to_dict(cfg)
+
+
+def test_pt_only_defaults_match_the_schema():
+    import dataclasses
+
+    from sftforge.config.schema import DataArguments
+    from sftforge.config.validate_pt import _DEFAULTS, PT_ONLY_KEYS
+
+    fields = {f.name: f.default for f in dataclasses.fields(DataArguments)}
+    assert {k: fields[k] for k in PT_ONLY_KEYS} == _DEFAULTS

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 PT_ONLY_KEYS = ("txt_documents", "drop_last_block", "document_isolation")
+_DEFAULTS = {"txt_documents": "line", "drop_last_block": False, "document_isolation": False}  # DataArguments'
 # Files that hold a model's weights; a folder with a config.json and none of these is a config only.
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json", "*.gguf", "*.h5", "*.msgpack")
 
@@ -58,7 +59,8 @@ def check_pretraining(
     stage = data.get("stage", "sft")
     if stage == "sft":
         for key in PT_ONLY_KEYS:
-            if key in explicit:
+            # A written-back config lists every data key with its default: only a value that does something counts
+            if key in explicit and data.get(key, _DEFAULTS[key]) != _DEFAULTS[key]:
                 problems.append(
                     f"{key}: applies to pretraining only; set stage: pt (or auto), or remove {key}."
                 )
