@@ -58,6 +58,7 @@ def test_pretrain_from_scratch_small_blocks(tmp_path, tokenizer_dir, c4):
 
     from transformers import AutoModelForCausalLM
 
+    assert "Pretrained from scratch" in (tmp_path / "model" / "README.md").read_text()  # the model card
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     assert model.config.vocab_size == 2048 and model.config.num_hidden_layers == 2
 

@@ -213,6 +213,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
             adapter=cfg.peft if cfg.peft.is_lora else None,
+            intro=_pretraining_intro(cfg),
         )
         print_final_summary(metrics, out)
         if cfg.peft.merge_after_train:
@@ -221,6 +222,19 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             merge_adapter(cfg.model.model_name_or_path, out, out / "merged", overwrite=True,
                           trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     return metrics
+
+
+def _pretraining_intro(cfg: SFTConfig) -> str | None:
+    if cfg.data.stage != "pt":
+        return None
+    from sftforge import __version__
+
+    if cfg.model.config_name:
+        return (
+            f"Pretrained from scratch (random init from `{cfg.model.config_name}`) with sftforge {__version__}: "
+            "every token of the corpus trained."
+        )
+    return f"Continued pretraining of `{cfg.model.model_name_or_path}` with sftforge {__version__}: every token trained."
 
 
 def _packed_attention(cfg: SFTConfig) -> bool:
