@@ -178,3 +178,23 @@ def test_c4_sft_path_loses_long_documents_pt_keeps_them(shared_data, tokenizer):
     sft = prepare_data(sft_args, spec, seed=0)
     kept = sft.train_stats.trained_tokens / pt.blocks.corpus_tokens
     assert kept < 0.5, kept  # most of the corpus is in documents longer than 512 tokens
+
+
+def test_pretrain_documents_are_cached_blocks_are_not(tmp_path, tokenizer):
+    f = _corpus(tmp_path)
+    args = dict(
+        train_data_path=[str(f)], stage="pt", text_column="body", packing=True, cache_dir=str(tmp_path / "c")
+    )
+    first = prepare_pretrain_data(DataArguments(**args, max_length=32), tokenizer, seed=0)
+    again = prepare_pretrain_data(DataArguments(**args, max_length=32), tokenizer, seed=0)
+    assert (first.cache.state, again.cache.state) == ("stored", "hit")
+    assert [b.input_ids for b in again.train] == [b.input_ids for b in first.train]
+    assert again.train_stats.kept == 40 and again.blocks.corpus_tokens == first.blocks.corpus_tokens
+    other = prepare_pretrain_data(
+        DataArguments(**args, max_length=16, eval_split_ratio=0.1), tokenizer, seed=0
+    )
+    assert (
+        other.cache.state == "hit" and len(other.eval) > 0
+    )  # new blocks and hold-out from the same documents
+    fewer = prepare_pretrain_data(DataArguments(**args, max_length=32, max_samples=3), tokenizer, 0)
+    assert fewer.cache.state == "stored"  # another input (max_samples), another entry

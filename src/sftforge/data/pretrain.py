@@ -9,13 +9,17 @@ or, with `pack: false`, one row per document cut at `max_length`. A held-out spl
 from __future__ import annotations
 
 import random
+import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from sftforge.config.schema import DataArguments
 from sftforge.data.blocks import BlockStats, build_blocks, truncate_documents
+from sftforge.data.cache import CacheStatus, Split, cache_root, load, pretrain_fingerprint, store
 from sftforge.data.formats import detect_format
 from sftforge.data.pipeline import DataStats, PreparedData, check_bad_rows
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
@@ -170,28 +174,104 @@ def _fill_stats(stats: DataStats, blocks: BlockStats) -> None:
     stats.truncated = blocks.truncated
 
 
-def prepare_pretrain_data(data: DataArguments, tokenizer: Any, seed: int) -> PreparedData:
-    """Read and tokenize the documents, hold some out when asked, and build the blocks. An empty corpus is an
-    error."""
-    docs, sources, train_stats = tokenize_documents(
+@dataclass
+class Corpus:
+    """The tokenized documents (each ending with eos) and their sources, per split: what the cache keeps."""
+
+    docs: list[list[int]]
+    sources: list[str]
+    stats: DataStats
+    eval_docs: list[list[int]] | None = None  # None: no eval data given (a hold-out may still be taken)
+    eval_sources: list[str] = field(default_factory=list)
+    eval_stats: DataStats | None = None
+
+
+def tokenize_corpus(data: DataArguments, tokenizer: Any) -> Corpus:
+    """Read and tokenize the training (and eval) documents. An empty training corpus is an error."""
+    docs, sources, stats = tokenize_documents(
         _take(_train_rows(data), data.max_samples), tokenizer, data, "Tokenizing train"
     )
     if not docs:
-        reasons = ", ".join(f"{r}: {n}" for r, n in train_stats.dropped.most_common()) or "no rows were read"
+        reasons = ", ".join(f"{r}: {n}" for r, n in stats.dropped.most_common()) or "no rows were read"
         raise DataError(f"the training corpus is empty after reading ({reasons}).")
-    eval_docs: list[list[int]] = []
-    eval_sources: list[str] = []
-    eval_stats: DataStats | None = None
+    corpus = Corpus(docs, sources, stats)
     eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
         eval_rows = _rows_from_files(data.eval_data_path, "eval_data_path", data)
     elif data.dataset_name and data.dataset_test_split:
         eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
     if eval_rows is not None:
-        eval_docs, eval_sources, eval_stats = tokenize_documents(
+        corpus.eval_docs, corpus.eval_sources, corpus.eval_stats = tokenize_documents(
             eval_rows, tokenizer, data, "Tokenizing eval"
         )
-    elif data.eval_split_ratio > 0 and len(docs) > 1:
+    return corpus
+
+
+def cached_corpus(data: DataArguments, tokenizer: Any) -> tuple[Corpus, CacheStatus]:
+    """`tokenize_corpus`, or its result from the tokenized cache when nothing it depends on changed (the cache of
+    SFT examples, keyed by `cache.pretrain_fingerprint`). Documents are cached, not blocks: changing block_size or
+    the block options needs no new tokenization."""
+    if not data.preprocessing_cache:
+        return tokenize_corpus(data, tokenizer), CacheStatus("off")
+    started = time.perf_counter()
+    root = cache_root(data.cache_dir)
+    key = pretrain_fingerprint(data, tokenizer)
+    found = load(root, key)
+    if found is not None:
+        splits, meta = found
+        train, held = splits["train"], splits["eval"]
+        corpus = Corpus(train.input_ids, train.sources, _stats(meta["train"]))
+        if meta["has_eval"]:
+            corpus.eval_docs, corpus.eval_sources, corpus.eval_stats = (
+                held.input_ids,
+                held.sources,
+                _stats(meta["eval"]),
+            )
+        if data.on_bad_rows == "skip":  # the threshold is no cache input: check the cached counts against it
+            check_bad_rows(corpus.stats, data.max_bad_row_fraction, "train")
+        return corpus, CacheStatus("hit", key, time.perf_counter() - started)
+    corpus = tokenize_corpus(data, tokenizer)
+    eval_docs = corpus.eval_docs or []
+    splits = {
+        "train": Split(
+            corpus.docs, corpus.docs, corpus.sources
+        ),  # labels = ids: the cache's layout wants both
+        "eval": Split(eval_docs, eval_docs, corpus.eval_sources),
+    }
+    meta = {
+        "train": _plain(corpus.stats),
+        "eval": _plain(corpus.eval_stats),
+        "has_eval": corpus.eval_docs is not None,
+    }
+    try:
+        store(root, key, splits, meta)
+        status = CacheStatus("stored", key, note=str(root))
+    except OSError as e:  # a read-only or full disk costs the next run time, not this one
+        status = CacheStatus("miss", key, note=f"cannot write {root}: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001 — nor does anything else that goes wrong while storing
+        status = CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
+    return corpus, status
+
+
+_COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
+
+
+def _plain(stats: DataStats | None) -> dict[str, Any] | None:
+    return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
+
+
+def _stats(doc: dict[str, Any] | None) -> DataStats | None:
+    if doc is None:
+        return None
+    return DataStats(**{**doc, **{k: Counter(doc.get(k, {})) for k in _COUNTERS}})
+
+
+def prepare_pretrain_data(data: DataArguments, tokenizer: Any, seed: int) -> PreparedData:
+    """Tokenize the documents (or load them from the cache), hold some out when asked, and build the blocks."""
+    corpus, cache = cached_corpus(data, tokenizer)
+    docs, sources, train_stats = corpus.docs, corpus.sources, corpus.stats
+    eval_docs, eval_sources, eval_stats = corpus.eval_docs or [], corpus.eval_sources, corpus.eval_stats
+    if corpus.eval_docs is None and data.eval_split_ratio > 0 and len(docs) > 1:
         held = _holdout(len(docs), data.eval_split_ratio, seed)
         eval_docs = [docs[i] for i in sorted(held)]
         eval_sources = [sources[i] for i in sorted(held)]
@@ -209,7 +289,7 @@ def prepare_pretrain_data(data: DataArguments, tokenizer: Any, seed: int) -> Pre
             f"no training block: the corpus has {blocks.corpus_tokens} tokens, fewer than max_length="
             f"{data.max_length}, and drop_last_block drops the short block; lower max_length or keep the block."
         )
-    return PreparedData(train, evaluation, train_stats, eval_stats, blocks=blocks)
+    return PreparedData(train, evaluation, train_stats, eval_stats, cache, blocks=blocks)
 
 
 def _holdout(n: int, ratio: float, seed: int) -> set[int]:

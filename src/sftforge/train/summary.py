@@ -89,6 +89,11 @@ def pretrain_summary_lines(cfg: Any, data: Any) -> list[str]:
         f"({100 * blocks.coverage:.2f}% coverage, every block token is a label)",
         f" blocks       {layout}",
         f" split        {len(data.train)} train / {len(data.eval)} eval rows",
+        *(
+            [f" cache        {cache.describe()}"]
+            if (cache := getattr(data, "cache", None)) is not None
+            else []
+        ),
     ]
 
 
