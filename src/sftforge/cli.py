@@ -25,7 +25,7 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = [f"sftforge {__version__} — supervised fine-tuning on the Hugging Face stack", "", "commands:"]
-    lines += [f"  {name:<11} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<15} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`sftforge COMMAND --help` for details."]
     return "\n".join(lines)
 
