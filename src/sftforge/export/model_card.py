@@ -33,9 +33,11 @@ def write_model_card(
     extra: dict[str, Any],
     metrics: dict[str, Any],
     adapter: Any = None,
+    intro: str | None = None,
 ) -> Path:
     """`adapter`: the run's PeftArguments when it trained an adapter (LoRA/DoRA, IA3, prefix/prompt/P-tuning: the
-    folder is an adapter, not a model; the card says so and shows how to load, and where possible merge, it)."""
+    folder is an adapter, not a model; the card says so and shows how to load, and where possible merge, it).
+    `intro`: the first sentence, when the run was no supervised fine-tune (pretraining)."""
     hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
     if adapter is not None:
         hp |= {k: getattr(adapter, k) for k in _adapter_hparams(adapter.finetuning_type)}
@@ -48,7 +50,8 @@ def write_model_card(
         "",
         f"# {Path(training.output_dir).name}",
         "",
-        f"Supervised fine-tune of `{base_model}` made with sftforge {__version__} (assistant-only loss).",
+        intro
+        or f"Supervised fine-tune of `{base_model}` made with sftforge {__version__} (assistant-only loss).",
         "",
         *(_adapter_intro(base_model, adapter) if adapter is not None else []),
         "## Data",
