@@ -13,9 +13,10 @@ COMMANDS = {
     "train": "fine-tune a model from a YAML recipe (+ --key value overrides)",
     "inspect": "show exactly which tokens a recipe trains, and the dataset statistics",
     "init-model": "build a tiny model of a real architecture offline (for tests and try-outs)",
+    "train-tokenizer": "train a byte-level BPE tokenizer on your text (for training from scratch)",
     "chat": "chat with a model folder in the terminal",
     "serve": "an OpenAI-compatible API and a web chat page for a model folder (127.0.0.1 by default)",
-    "merge": "merge a LoRA adapter into its base, verified (logits and greedy tokens), as a plain model folder",
+    "merge": "merge a LoRA or IA3 adapter into its base, verified (logits and greedy tokens), as a plain model folder",
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
     "eval": "loss, perplexity and generation metrics (exact match, ROUGE-L, BLEU) on held-out data; base vs tuned",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
@@ -24,7 +25,7 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = [f"sftforge {__version__} — supervised fine-tuning on the Hugging Face stack", "", "commands:"]
-    lines += [f"  {name:<11} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<15} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`sftforge COMMAND --help` for details."]
     return "\n".join(lines)
 
@@ -74,6 +75,14 @@ def _init_model(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sftforge init-model", description=COMMANDS["init-model"])
     init_model_cmd.add_arguments(parser)
     return init_model_cmd.run(parser.parse_args(argv))
+
+
+def _train_tokenizer(argv: list[str]) -> int:
+    from sftforge.testing import train_tokenizer_cmd
+
+    parser = argparse.ArgumentParser(prog="sftforge train-tokenizer", description=COMMANDS["train-tokenizer"])
+    train_tokenizer_cmd.add_arguments(parser)
+    return train_tokenizer_cmd.run(parser.parse_args(argv))
 
 
 def _chat(argv: list[str]) -> int:
@@ -128,6 +137,7 @@ HANDLERS = {
     "train": _train,
     "inspect": _inspect,
     "init-model": _init_model,
+    "train-tokenizer": _train_tokenizer,
     "chat": _chat,
     "serve": _serve,
     "merge": _merge,

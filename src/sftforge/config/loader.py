@@ -49,9 +49,22 @@ ALIASES: dict[str, str] = {
     "template": "chat_template",
     "val_size": "eval_split_ratio",
 }
+# MoE router aux loss (LLaMA-Factory's moe_aux_loss_coef, DeepSeek's aux_loss_alpha)
+ALIASES.update({"aux_loss_alpha": "router_aux_loss_coef", "moe_aux_loss_coef": "router_aux_loss_coef"})
 # Keys transformers 5 removed; we translate them so old recipes keep working.
 _WARMUP_RATIO = "warmup_ratio"  # → warmup_steps as a float < 1 (transformers 5 reads that as a ratio)
 _GROUP_BY_LENGTH = "group_by_length"  # → train_sampling_strategy: group_by_length
+# Pretraining names from transformers' run_clm.py / LLaMA-Factory (stage: pt); block_size is max_length there.
+ALIASES.update(
+    {
+        "block_size": "max_length",
+        "validation_file": "eval_data_path",
+        "validation_files": "eval_data_path",
+        "tokenizer_name": "tokenizer_name_or_path",
+        "dataset_config_name": "dataset_config",
+        "pack": "packing",
+    }
+)
 
 # Training fields never written back (secrets, per-process values).
 # gradient_checkpointing* mirror activation_checkpointing* in transformers 5: dump the canonical pair only.

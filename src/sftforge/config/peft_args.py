@@ -1,4 +1,5 @@
-"""The `peft` section of a recipe: full fine-tuning, LoRA / DoRA, QLoRA (bitsandbytes) or freezing.
+"""The `peft` section of a recipe: full fine-tuning, LoRA / DoRA, QLoRA (bitsandbytes), freezing, or peft's
+prefix tuning, prompt tuning, P-tuning and IA3.
 
 Names follow LLaMA-Factory (`finetuning_type`, `quantization_bit`, `freeze_trainable_layers`) and TRL / peft
 (`use_peft`, `lora_r`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `use_dora`, `use_rslora`,
@@ -10,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-FINETUNING_TYPES = ("full", "lora", "qlora", "freeze")
+FINETUNING_TYPES = ("full", "lora", "qlora", "freeze", "prefix", "prompt", "ptuning", "ia3")
+# peft's prompt-learning methods: trained virtual tokens in front of every sequence; nothing to merge into weights.
+PROMPT_LEARNING_TYPES = ("prefix", "prompt", "ptuning")
+# The keys each of the other peft methods reads (a key set for another method is an error).
+METHOD_KEYS = {
+    "prefix": ("num_virtual_tokens", "prefix_projection", "encoder_hidden_size"),
+    "prompt": ("num_virtual_tokens", "prompt_tuning_init", "prompt_tuning_init_text"),
+    "ptuning": ("num_virtual_tokens", "encoder_hidden_size", "encoder_reparameterization_type"),
+    "ia3": ("ia3_target_modules", "ia3_feedforward_modules"),
+}
 LORA_KEYS = (
     "lora_r",
     "lora_alpha",
@@ -40,7 +50,8 @@ class PeftArguments:
         metadata=_help(
             "What is trained: full (every weight), lora (LoRA/DoRA adapters via peft), qlora (LoRA on a "
             "bitsandbytes-quantized base; 4-bit unless quantization_bit says 8), freeze (only the last "
-            "freeze_trainable_layers blocks).",
+            "freeze_trainable_layers blocks), prefix (prefix tuning), prompt (prompt tuning), ptuning (P-tuning), "
+            "ia3 (IA3 scaling vectors).",
             choices=FINETUNING_TYPES,
         ),
     )
@@ -109,11 +120,63 @@ class PeftArguments:
     merge_after_train: bool = field(
         default=False,
         metadata=_help(
-            "LoRA: after training, merge the adapter into the base and write OUTPUT_DIR/merged "
+            "LoRA / IA3: after training, merge the adapter into the base and write OUTPUT_DIR/merged "
             "(the same verified merge as `sftforge merge`)."
+        ),
+    )
+    # peft's other methods: prefix tuning, prompt tuning, P-tuning (prompt learning) and IA3 (see METHOD_KEYS).
+    num_virtual_tokens: int = field(
+        default=20,
+        metadata=_help("prefix / prompt / ptuning: trained virtual tokens put in front of every sequence."),
+    )
+    prompt_tuning_init: str = field(
+        default="random",
+        metadata=_help(
+            "prompt: how the virtual tokens start: random, or text (the embeddings of prompt_tuning_init_text).",
+            choices=("random", "text"),
+        ),
+    )
+    prompt_tuning_init_text: str | None = field(
+        default=None,
+        metadata=_help(
+            "prompt with prompt_tuning_init: text — the text whose token embeddings start the prompt."
+        ),
+    )
+    encoder_hidden_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "ptuning: hidden size of the prompt encoder (default: the model's hidden size); prefix with "
+            "prefix_projection: hidden size of the projection MLP."
+        ),
+    )
+    encoder_reparameterization_type: str = field(
+        default="MLP",
+        metadata=_help("ptuning: the prompt encoder, MLP or LSTM.", choices=("MLP", "LSTM")),
+    )
+    prefix_projection: bool = field(
+        default=False,
+        metadata=_help("prefix: train the prefix through a two-layer MLP (P-tuning v2 reparameterisation)."),
+    )
+    ia3_target_modules: list[str] | str | None = field(
+        default=None,
+        metadata=_help(
+            "ia3: modules whose activations get a trained scaling vector; default: the model's k_proj, v_proj "
+            "and down_proj linears (attention only on MoE models, whose experts are not nn.Linear)."
+        ),
+    )
+    ia3_feedforward_modules: list[str] | str | None = field(
+        default=None,
+        metadata=_help(
+            "ia3: which of ia3_target_modules are feed-forward (scaled at their input, not output); default: "
+            "down_proj when targeted."
         ),
     )
 
     @property
     def is_lora(self) -> bool:
         return self.finetuning_type in ("lora", "qlora")
+
+    @property
+    def is_adapter(self) -> bool:
+        """Trains a peft adapter saved as an adapter folder (LoRA, QLoRA, prefix, prompt, ptuning, IA3)."""
+        return self.finetuning_type not in ("full", "freeze")

@@ -53,6 +53,38 @@ class ModelArguments:
     trust_remote_code: bool = field(
         default=False, metadata=_help("Run Python code shipped with a hub model. Off unless you trust it.")
     )
+    # --- training from scratch (pretraining): a config instead of weights ---
+    config_name: str | None = field(
+        default=None,
+        metadata=_help(
+            "Train from scratch: a config.json file, or a folder or hub id with one; the model is randomly initialised (seeded "
+            "by `seed`) instead of loaded, sized to the tokenizer (tokenizer_name_or_path, else this folder). A "
+            "model_name_or_path folder with a config.json but no weights is read as config_name."
+        ),
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata=_help(
+            "With config_name: comma-separated key=value pairs that override its config, as in run_clm.py, e.g. "
+            "'num_hidden_layers=4,hidden_size=256'."
+        ),
+    )
+    # Mixture-of-experts models (config has num_experts / num_local_experts): the router's load-balancing loss.
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata=_help(
+            "MoE models: weight of the router's load-balancing (aux) loss added to the trained loss; default: the "
+            "model's own (its config's: e.g. 0.001 Qwen1.5-MoE, 0.02 Mixtral-8x7B); 0 turns it off. Aliases: "
+            "aux_loss_alpha, moe_aux_loss_coef."
+        ),
+    )
+    output_router_logits: bool | None = field(
+        default=None,
+        metadata=_help(
+            "MoE models: train with the router aux loss (default: on for MoE models); false turns it off. The "
+            "saved config keeps the base's value, so generation is unaffected."
+        ),
+    )
 
 
 @dataclass
@@ -158,6 +190,51 @@ class DataArguments:
         default=None,
         metadata=_help(
             "Folder of the tokenized-data cache; default: $SFTFORGE_CACHE, else ~/.cache/sftforge/tokenized."
+        ),
+    )
+    # --- pretraining / continued pretraining (stage: pt) ---
+    stage: str = field(
+        default="sft",
+        metadata=_help(
+            "sft: conversations, trained as configured above. pt: pretraining on plain documents (text_column, "
+            ".txt files): tokenized, eos appended to each, concatenated and cut into blocks of max_length "
+            "(alias block_size) tokens, every token trained once per epoch; `pack: false` (alias of packing, which "
+            "stage pt turns on) instead trains each document alone, cut at max_length. auto: pt when every "
+            "training file is .txt or the first 100 rows hold text_column and no conversation, else sft.",
+            choices=("sft", "pt", "auto"),
+        ),
+    )
+    text_column: str = field(
+        default="text",
+        metadata=_help("stage: pt: the column of .json/.jsonl/.parquet/.csv rows holding the document."),
+    )
+    txt_documents: str = field(
+        default="line",
+        metadata=_help(
+            "stage: pt: how a .txt file splits into documents: line (one per non-empty line), blank_line "
+            "(separated by blank lines), file (the whole file is one document).",
+            choices=("line", "blank_line", "file"),
+        ),
+    )
+    drop_last_block: bool = field(
+        default=False,
+        metadata=_help(
+            "stage: pt: drop the last block when it is shorter than max_length (run_clm.py does); false keeps "
+            "it, so every token is trained."
+        ),
+    )
+    document_isolation: bool = field(
+        default=False,
+        metadata=_help(
+            "stage: pt: documents sharing a block do not attend to each other (position ids restart per "
+            "document; the padding-free packed attention of `packing`). false: plain causal blocks, as run_clm.py."
+        ),
+    )
+    validation_split_percentage: float | None = field(
+        default=None,
+        metadata=_help(
+            "Hold out this percentage of the training rows (documents with stage: pt) for evaluation when no eval "
+            "set is given, as run_clm.py; the same as eval_split_ratio × 100."
         ),
     )
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from sftforge.config.loader import data_paths_missing
 from sftforge.config.validate_peft import check_peft
+from sftforge.config.validate_pt import check_pretraining
 
 
 def cuda_available() -> bool:
@@ -53,6 +54,7 @@ def check_and_resolve(
             auto[key] = False
     if "ddp_backend" not in explicit:
         auto["ddp_backend"] = None
+    notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -136,10 +138,10 @@ def _resolve_weights_dtype(values: dict[str, dict[str, Any]], on_gpu: bool, prob
 
 
 def _check_required(model: dict, data: dict, problems: list[str]) -> None:
-    if not model.get("model_name_or_path"):
+    if not model.get("model_name_or_path") and not model.get("config_name"):
         problems.append(
             "model_name_or_path is required: a local model folder or a hub id "
-            "(make one offline with `sftforge init-model DIR`)."
+            "(make one offline with `sftforge init-model DIR`), or config_name to train from scratch."
         )
     if not data.get("train_data_path") and not data.get("dataset_name"):
         problems.append(

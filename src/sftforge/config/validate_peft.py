@@ -9,7 +9,7 @@ import importlib.util
 import re
 from typing import Any
 
-from sftforge.config.peft_args import BNB_4BIT_KEYS, LORA_KEYS
+from sftforge.config.peft_args import BNB_4BIT_KEYS, LORA_KEYS, METHOD_KEYS, PROMPT_LEARNING_TYPES
 
 _NAME_LIST = re.compile(r"^[\w.\-]+(,\s*[\w.\-]+)*$")  # q_proj or q_proj,v_proj — anything else is a regex
 _INSTALL_BNB = "pip install -e '.[bitsandbytes]' (bitsandbytes>=0.48; its CPU backend needs a recent release)"
@@ -60,17 +60,20 @@ def check_peft(
         bits = peft["quantization_bit"] = 4
     if bits is not None and bits not in (4, 8):
         problems.append(f"quantization_bit: {bits} is not supported; use 4 (QLoRA, nf4) or 8.")
-    if bits is not None and kind in ("full", "freeze"):
+    if bits is not None and kind not in ("lora", "qlora"):
         problems.append(
             f"quantization_bit: a quantized base cannot be trained with finetuning_type: {kind}; use "
             "finetuning_type: qlora (LoRA adapters on the quantized base), or drop quantization_bit."
         )
     lora_set = [k for k in LORA_KEYS if k in explicit and peft.get(k) not in (None, False)]
-    if kind in ("full", "freeze") and lora_set:
+    if kind == "ia3":  # IA3 merges like LoRA
+        lora_set = [k for k in lora_set if k != "merge_after_train"]
+    if kind not in ("lora", "qlora") and lora_set:
         problems.append(
             f"{', '.join(lora_set)}: LoRA settings have no effect with finetuning_type: {kind}; set "
             "finetuning_type: lora (or qlora), or remove them."
         )
+    notes += _check_other_methods(values, explicit, kind, problems)
     if "freeze_trainable_layers" in explicit and kind != "freeze":
         problems.append(
             f"freeze_trainable_layers: only used with finetuning_type: freeze (it is {kind!r}); remove it."
@@ -96,6 +99,61 @@ def check_peft(
     if bits in (4, 8) and len(problems) == before:  # probe only a coherent peft setup
         notes += _check_bitsandbytes(peft, bits, on_gpu, problems)
     return notes
+
+
+def _check_other_methods(
+    values: dict[str, dict[str, Any]], explicit: set[str], kind: str, problems: list[str]
+) -> list[str]:
+    """prefix / prompt / ptuning / ia3: their keys, and what prompt learning cannot do."""
+    peft, data, train = values["peft"], values["data"], values["training"]
+    own = METHOD_KEYS.get(kind, ())
+    every = dict.fromkeys(k for keys in METHOD_KEYS.values() for k in keys)
+    for key in (k for k in every if k in explicit and k not in own):
+        users = " or ".join(m for m, keys in METHOD_KEYS.items() if key in keys)
+        problems.append(
+            f"{key}: only used with finetuning_type: {users} (it is {kind!r}); remove it or change finetuning_type."
+        )
+    if kind not in METHOD_KEYS:
+        return []
+    if peft.get("num_virtual_tokens", 20) < 1:
+        problems.append(
+            f"num_virtual_tokens: {peft['num_virtual_tokens']} must be at least 1 (8 to 32 is usual)."
+        )
+    if kind == "prompt":
+        text = peft.get("prompt_tuning_init_text")
+        if text and "prompt_tuning_init" not in explicit:
+            peft["prompt_tuning_init"] = "text"  # giving the text says how to start
+        if peft.get("prompt_tuning_init") == "text" and not text:
+            problems.append(
+                "prompt_tuning_init: text needs prompt_tuning_init_text (the text whose embeddings start the "
+                "virtual tokens), e.g. 'Answer the question helpfully.'; or use prompt_tuning_init: random."
+            )
+    for key in ("ia3_target_modules", "ia3_feedforward_modules"):
+        if peft.get(key) is not None:
+            peft[key] = normalise_target_modules(peft[key])
+    if kind not in PROMPT_LEARNING_TYPES:
+        return []
+    if data.get("packing"):
+        problems.append(
+            f"packing: true cannot be used with finetuning_type: {kind}: the virtual tokens go in front of each "
+            "sequence, and a packed row holds several samples (only the first would see them, the others would "
+            "train on another model). Set packing: false."
+        )
+    if peft.get("merge_after_train"):
+        problems.append(
+            f"merge_after_train: a {kind} adapter cannot be merged into the weights (its virtual tokens are "
+            "inputs, not weight updates); serve or chat the adapter folder itself, or remove merge_after_train."
+        )
+    if kind == "prefix" and (train.get("activation_checkpointing") or train.get("gradient_checkpointing")):
+        problems.append(
+            "activation_checkpointing: peft's prefix tuning does not work with it (its prefix is a KV cache, which "
+            "checkpointed blocks do not take); set activation_checkpointing: false, or use finetuning_type: "
+            "ptuning or prompt."
+        )
+    return [
+        f"{kind}: the adapter cannot be merged (`sftforge merge` refuses it); `sftforge chat OUTPUT_DIR` and `sftforge "
+        "serve OUTPUT_DIR` run it unmerged"
+    ]
 
 
 def _check_ranges(peft: dict[str, Any], problems: list[str]) -> None:

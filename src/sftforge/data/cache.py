@@ -104,13 +104,45 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def pretrain_fingerprint(data: Any, tokenizer: Any) -> str:
+    """SHA-256 over every input of the pretraining documents' tokenization (stage pt). The blocks are not cached:
+    they are rebuilt from the cached documents in a blink, so block_size and the block options are no inputs."""
+    from sftforge.data.readers import resolve_key_files
+
+    inputs = {
+        "format": _FORMAT,
+        "stage": "pt",
+        "data_code": [DATA_CODE_VERSION, _data_code_digest()],
+        "libraries": _library_versions(),
+        "train": (
+            _files_digest(resolve_key_files(data.train_data_path, "train_data_path", text_files=True))
+            if data.train_data_path
+            else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
+        ),
+        "eval": (
+            _files_digest(resolve_key_files(data.eval_data_path, "eval_data_path", text_files=True))
+            if data.eval_data_path
+            else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_test_split)
+            if data.dataset_name and data.dataset_test_split
+            else None
+        ),
+        "tokenizer": tokenizer_digest(tokenizer),
+        "text_column": data.text_column,
+        "txt_documents": data.txt_documents,
+        "max_samples": data.max_samples,
+        "on_bad_rows": data.on_bad_rows,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def data_digest(data: Any) -> str:
     """SHA-256 of the training data itself (file contents and paths, or the dataset's name/config/split): what a
     resumed run must share with the interrupted one for the data position to mean the same examples."""
     from sftforge.data.readers import resolve_key_files
 
+    text_files = getattr(data, "stage", "sft") != "sft"  # pretraining reads .txt files too
     inputs = (
-        _files_digest(resolve_key_files(data.train_data_path, "train_data_path"))
+        _files_digest(resolve_key_files(data.train_data_path, "train_data_path", text_files))
         if data.train_data_path
         else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
     )

@@ -80,6 +80,9 @@ class PreparedData:
     eval_stats: DataStats | None
     cache: CacheStatus | None = None  # what the tokenized cache did (None: not asked)
     seconds: float = 0.0  # wall time of the data stage, set by the caller that timed it
+    blocks: Any = (
+        None  # stage pt: the training blocks' BlockStats (corpus tokens, coverage), see data/pretrain.py
+    )
 
 
 def _rows_from_files(spec: Sequence[str], key: str) -> Iterator[SourceRow]:

@@ -21,6 +21,9 @@ from sftforge.data.hub import iter_dataset_rows as iter_dataset_rows
 from sftforge.errors import DataError, RowError
 
 SUPPORTED_EXTENSIONS = (".json", ".jsonl", ".parquet", ".csv")
+# Plain text documents, read for pretraining only (stage: pt): in a folder of SFT data a LICENSE.txt is no data.
+TEXT_EXTENSIONS = (".txt",)
+TXT_DOCUMENTS = ("line", "blank_line", "file")
 _GLOB_CHARS = set("*?[")
 
 
@@ -37,8 +40,9 @@ class SourceRow:
 # Finding the files
 
 
-def resolve_data_files(spec: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Expand a file, a directory (recursively), a glob pattern, or a list of these into sorted data files."""
+def resolve_data_files(spec: str | Path | Iterable[str | Path], text_files: bool = False) -> list[Path]:
+    """Expand a file, a directory (recursively), a glob pattern, or a list of these into sorted data files.
+    `text_files`: .txt files are data too (pretraining)."""
     if isinstance(spec, (str, Path)):
         specs: list[str | Path] = [spec]
     else:
@@ -49,63 +53,71 @@ def resolve_data_files(spec: str | Path | Iterable[str | Path]) -> list[Path]:
             )
     files: list[Path] = []
     for one in specs:
-        for path in _resolve_one(one):
+        for path in _resolve_one(one, text_files):
             if path not in files:  # a file named twice (e.g. a dir and a glob inside it) is read once
                 files.append(path)
     return files
 
 
-def resolve_key_files(spec: str | Path | Iterable[str | Path], key: str) -> list[Path]:
+def resolve_key_files(
+    spec: str | Path | Iterable[str | Path], key: str, text_files: bool = False
+) -> list[Path]:
     """`resolve_data_files` for the config key `key` (e.g. train_data_path): its errors start with the key, so
     the user knows which setting names the missing file or the folder without data."""
     try:
-        return resolve_data_files(spec)
+        return resolve_data_files(spec, text_files)
     except DataError as e:
         raise DataError(f"{key}: {e}") from None
 
 
-def _resolve_one(spec: str | Path) -> list[Path]:
+def _resolve_one(spec: str | Path, text_files: bool = False) -> list[Path]:
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_file():
-        _check_extension(path)
+        _check_extension(path, text_files)
         return [path]
     if path.is_dir():
         found = sorted(
             p
             for p in path.rglob("*")
             if p.is_file()
-            and _supported(p)
+            and _supported(p, text_files)
             and not any(part.startswith(".") for part in p.relative_to(path).parts)
         )
         if not found:
-            raise DataError(f"{path}: the directory holds no data file; {_expected()}.")
+            raise DataError(f"{path}: the directory holds no data file; {_expected(text_files)}.")
         return found
     if _GLOB_CHARS & set(text):
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True) if Path(m).is_file())
         if not matches:
             raise DataError(f"{text}: no file matches this pattern; check the path and the pattern.")
-        found = [p for p in matches if _supported(p)]
+        found = [p for p in matches if _supported(p, text_files)]
         if not found:
-            raise DataError(f"{text}: {len(matches)} file(s) match, but none is a data file; {_expected()}.")
+            raise DataError(
+                f"{text}: {len(matches)} file(s) match, but none is a data file; {_expected(text_files)}."
+            )
         return found
     raise DataError(
         f"{path}: no such file or directory; check the dataset path (relative paths start at {Path.cwd()})."
     )
 
 
-def _supported(path: Path) -> bool:
-    return path.suffix.lower() in SUPPORTED_EXTENSIONS
+def _supported(path: Path, text_files: bool = False) -> bool:
+    suffix = path.suffix.lower()
+    return suffix in SUPPORTED_EXTENSIONS or (text_files and suffix in TEXT_EXTENSIONS)
 
 
-def _expected() -> str:
-    return "supported extensions are " + ", ".join(SUPPORTED_EXTENSIONS)
+def _expected(text_files: bool = False) -> str:
+    names = SUPPORTED_EXTENSIONS + (TEXT_EXTENSIONS if text_files else ())
+    return "supported extensions are " + ", ".join(names)
 
 
-def _check_extension(path: Path) -> None:
-    if not _supported(path):
+def _check_extension(path: Path, text_files: bool = False) -> None:
+    if not _supported(path, text_files):
+        also = "" if text_files or path.suffix.lower() not in TEXT_EXTENSIONS else " (.txt: with stage: pt)"
         raise DataError(
-            f"{path}: unsupported file type '{path.suffix}'; {_expected()}. Convert the file or rename it."
+            f"{path}: unsupported file type '{path.suffix}'; {_expected(text_files)}{also}. Convert the file "
+            "or rename it."
         )
 
 
@@ -113,13 +125,17 @@ def _check_extension(path: Path) -> None:
 # Reading one file
 
 
-def iter_rows(path: Path) -> Iterator[SourceRow]:
-    """Yield the rows of one data file, each with its `source` (file:line, or file:row for parquet)."""
+def iter_rows(path: Path, text_key: str = "text", txt_documents: str = "line") -> Iterator[SourceRow]:
+    """Yield the rows of one data file, each with its `source` (file:line, or file:row for parquet). A .txt file
+    gives one {text_key: document} row per document (`txt_documents`: line, blank_line or file)."""
     path = Path(path)
-    _check_extension(path)
+    _check_extension(path, text_files=True)
     if not path.is_file():
         raise DataError(f"{path}: no such file; check the dataset path.")
     suffix = path.suffix.lower()
+    if suffix in TEXT_EXTENSIONS:
+        yield from _iter_txt(path, text_key, txt_documents)
+        return
     if suffix == ".parquet":
         yield from _iter_parquet(path)
         return
@@ -302,3 +318,32 @@ def _iter_parquet(path: Path) -> Iterator[SourceRow]:
         for row in batch.to_pylist():
             yield SourceRow(row, f"{path}:row {index}")
             index += 1
+
+
+def _iter_txt(path: Path, text_key: str, documents: str) -> Iterator[SourceRow]:
+    """Documents of a plain text file: one per non-empty line, per blank-line-separated block, or the whole file;
+    each row's source is the line its document starts on."""
+    text = _decode_whole(path, path.read_bytes())
+    if not text.strip():
+        raise DataError(
+            f"{path}: the file is empty (no text); put text in it or remove it from the dataset list."
+        )
+    if documents == "file":
+        yield SourceRow({text_key: text}, f"{path}:1")
+        return
+    block: list[str] = []
+    start = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if documents == "line":
+            if line.strip():
+                yield SourceRow({text_key: line}, f"{path}:{lineno}")
+            continue
+        if line.strip():
+            if not block:
+                start = lineno
+            block.append(line)
+        elif block:
+            yield SourceRow({text_key: "\n".join(block)}, f"{path}:{start}")
+            block = []
+    if block:
+        yield SourceRow({text_key: "\n".join(block)}, f"{path}:{start}")

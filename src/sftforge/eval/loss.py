@@ -38,6 +38,8 @@ def masked_loss(
             logits = model(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits
+            # prompt / P-tuning adapters return logits for their virtual tokens too, in front: keep the input's
+            logits = logits[:, -batch["input_ids"].shape[1] :]
             targets = batch["labels"][:, 1:].to(device)
             losses = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="sum"

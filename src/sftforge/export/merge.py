@@ -57,7 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base", required=True, help="the base model the adapter was trained on (folder or hub id)"
     )
-    parser.add_argument("--adapter", required=True, help="the adapter folder (output_dir of a LoRA run)")
+    parser.add_argument(
+        "--adapter", required=True, help="the adapter folder (output_dir of a LoRA or IA3 run)"
+    )
     parser.add_argument("--output", required=True, help="folder for the merged model")
     parser.add_argument(
         "--dtype",

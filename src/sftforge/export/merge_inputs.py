@@ -27,15 +27,28 @@ def check_adapter(adapter: str | Path) -> tuple[Path, dict[str, Any]]:
             else "no adapter_config.json"
         )
         raise ConfigError(
-            f"--adapter: {str(path)!r} holds {what}. Pass the output_dir of a run with finetuning_type: lora "
-            "or qlora (or one of its checkpoint-N folders).",
+            f"--adapter: {str(path)!r} holds {what}. Pass the output_dir of a run with finetuning_type: lora, "
+            "qlora or ia3 (or one of its checkpoint-N folders).",
             source="merge",
         )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError as e:
         raise ConfigError(f"--adapter: {config_file} is not valid JSON ({e}).", source="merge") from None
+    kind = config.get("peft_type")
+    if kind in UNMERGEABLE:
+        raise ConfigError(
+            f"--adapter: {str(path)!r} holds a {UNMERGEABLE[kind]} adapter (peft_type {kind}), which cannot be "
+            "merged: its trained virtual tokens are extra inputs in front of every sequence, not changes to the "
+            f"weights. Use the adapter folder as it is: `sftforge chat {path}` or `sftforge serve {path}` "
+            "(peft's PeftModel.from_pretrained in your own code). Methods that merge: lora, qlora, ia3.",
+            source="merge",
+        )
     return path, config
+
+
+# peft types of the prompt-learning methods: nothing in the weights to merge into
+UNMERGEABLE = {"PREFIX_TUNING": "prefix-tuning", "PROMPT_TUNING": "prompt-tuning", "P_TUNING": "P-tuning"}
 
 
 def check_output(out: Path, adapter_dir: Path, overwrite: bool) -> Path:

@@ -33,22 +33,25 @@ def write_model_card(
     extra: dict[str, Any],
     metrics: dict[str, Any],
     adapter: Any = None,
+    intro: str | None = None,
 ) -> Path:
-    """`adapter`: the run's PeftArguments when it trained a LoRA/DoRA adapter (the folder is an adapter, not a
-    model: the card says so and shows how to load or merge it)."""
+    """`adapter`: the run's PeftArguments when it trained an adapter (LoRA/DoRA, IA3, prefix/prompt/P-tuning: the
+    folder is an adapter, not a model; the card says so and shows how to load, and where possible merge, it).
+    `intro`: the first sentence, when the run was no supervised fine-tune (pretraining)."""
     hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
     if adapter is not None:
-        hp |= {k: getattr(adapter, k) for k in _ADAPTER_HPARAMS}
+        hp |= {k: getattr(adapter, k) for k in _adapter_hparams(adapter.finetuning_type)}
     lines = [
         "---",
         f"base_model: {base_model}",
         f"library_name: {'peft' if adapter is not None else 'transformers'}",
-        f"tags: [sftforge, sft{', lora' if adapter is not None else ''}]",
+        f"tags: [sftforge, sft{_tag(adapter)}]",
         "---",
         "",
         f"# {Path(training.output_dir).name}",
         "",
-        f"Supervised fine-tune of `{base_model}` made with sftforge {__version__} (assistant-only loss).",
+        intro
+        or f"Supervised fine-tune of `{base_model}` made with sftforge {__version__} (assistant-only loss).",
         "",
         *(_adapter_intro(base_model, adapter) if adapter is not None else []),
         "## Data",
@@ -71,6 +74,7 @@ def write_model_card(
         "",
         "```python",
         *(_load_lines(training.output_dir, base_model, adapter is not None)),
+        *(_PROMPT_LEARNING_GENERATE if _prompt_learning(adapter) else []),
         'ids = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True,',
         '                              return_tensors="pt", return_dict=True)',
         "print(tok.decode(model.generate(**ids, max_new_tokens=64)[0]))",
@@ -84,7 +88,50 @@ def write_model_card(
     return path
 
 
+_METHOD_NAMES = {"prefix": "prefix-tuning", "prompt": "prompt-tuning", "ptuning": "P-tuning", "ia3": "IA3"}
+_PROMPT_LEARNING_GENERATE = [
+    "# peft 0.21 with transformers 5.x: without this, generate() drops or repeats the virtual tokens",
+    "from sftforge.model.peft import cache_named_for_peft",
+    "cache_named_for_peft(model)",
+]
+
+
+def _adapter_hparams(kind: str) -> tuple[str, ...]:
+    from sftforge.config.peft_args import METHOD_KEYS
+
+    return ("finetuning_type", *METHOD_KEYS[kind]) if kind in METHOD_KEYS else _ADAPTER_HPARAMS
+
+
+def _tag(adapter: Any) -> str:
+    if adapter is None:
+        return ""
+    kind = adapter.finetuning_type
+    return ", lora" if kind in ("lora", "qlora") else f", {_METHOD_NAMES.get(kind, kind).lower()}"
+
+
+def _prompt_learning(adapter: Any) -> bool:
+    from sftforge.config.peft_args import PROMPT_LEARNING_TYPES
+
+    return adapter is not None and adapter.finetuning_type in PROMPT_LEARNING_TYPES
+
+
 def _adapter_intro(base_model: str, adapter: Any) -> list[str]:
+    if adapter.finetuning_type in _METHOD_NAMES:
+        method = _METHOD_NAMES[adapter.finetuning_type]
+        if _prompt_learning(adapter):
+            return [
+                f"**This folder is a {method} adapter of the base model `{base_model}`**, not a full model: load "
+                "it on top of that base (peft). Its trained virtual tokens are inputs, not weight changes, so it "
+                "cannot be merged; `sftforge chat <this folder>` and `sftforge serve <this folder>` run it.",
+                "",
+            ]
+        return [
+            f"**This folder is an {method} adapter of the base model `{base_model}`**, not a full model: load it "
+            "on top of that base (peft), or merge it into a plain model folder with",
+            f"`sftforge merge --base {base_model} --adapter <this folder> --output <merged folder>` "
+            "(checked: merged logits equal base+adapter).",
+            "",
+        ]
     method = "DoRA" if adapter.use_dora else "LoRA"
     quant = (
         f" trained on the base quantized to {adapter.quantization_bit} bits (QLoRA)"

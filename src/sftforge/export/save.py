@@ -28,6 +28,7 @@ def restore_checkpoint_dtype(trainer: Any, model_args: Any, dtype_was_auto: bool
         or trainer.is_deepspeed_enabled
         or trainer.is_fsdp_enabled
         or hasattr(model, "peft_config")
+        or not model_args.model_name_or_path  # from scratch (config_name): no checkpoint dtype to go back to
     ):
         return None
     if next(model.parameters()).dtype != torch.float32:

@@ -36,15 +36,21 @@ class TokenizerBundle:
 def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> TokenizerBundle:
     from transformers import AutoTokenizer
 
-    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    # From scratch (config_name), the tokenizer may live next to the config
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.config_name
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
         )
     except (OSError, ValueError) as e:
+        hint = (
+            "Set tokenizer_name (alias of tokenizer_name_or_path) to a tokenizer folder, e.g. one made by "
+            "`sftforge train-tokenizer`: a config for training from scratch holds no tokenizer."
+            if name == model_args.config_name and not model_args.tokenizer_name_or_path
+            else "Give a local model folder or a hub id (hub ids need network)."
+        )
         raise ConfigError(
-            f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n"
-            "    Give a local model folder or a hub id (hub ids need network).",
+            f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n    {hint}",
             source="model_name_or_path",
         ) from None
     template, source = resolve_chat_template(data_args.chat_template, tokenizer)
@@ -95,15 +101,30 @@ def _ensure_pad_token(tokenizer: Any, end_of_turn: list[str]) -> list[str]:
 
 
 def load_model(
-    model_args: ModelArguments, gradient_checkpointing: bool, quantization_config: Any | None = None
+    model_args: ModelArguments,
+    gradient_checkpointing: bool,
+    quantization_config: Any | None = None,
+    tokenizer: Any | None = None,
 ) -> Any:
-    """`quantization_config`: a `BitsAndBytesConfig` (QLoRA, see model/quant.py) — the base loads quantized."""
+    """`quantization_config`: a `BitsAndBytesConfig` (QLoRA, see model/quant.py) — the base loads quantized.
+    With `config_name`, a randomly initialised model is built instead (`init_from_config`), sized to `tokenizer`."""
     import torch
     from transformers import AutoModelForCausalLM
 
     dtype: Any = (
         "auto" if model_args.torch_dtype == "auto" else getattr(torch, _DTYPES[model_args.torch_dtype])
     )
+    if model_args.config_name:
+        if quantization_config is not None:
+            raise ConfigError(
+                "config_name builds a randomly initialised model, which cannot be quantized (QLoRA needs trained "
+                "weights); drop the quantization or load weights with model_name_or_path.",
+                source="config_name",
+            )
+        model = init_from_config(model_args, tokenizer, torch.float32 if dtype == "auto" else dtype)
+        if gradient_checkpointing:
+            model.config.use_cache = False
+        return model
     extra: dict[str, Any] = {}
     if quantization_config is not None:
         from sftforge.model.quant import quantized_device_map
@@ -128,3 +149,64 @@ def load_model(
     if gradient_checkpointing:
         model.config.use_cache = False
     return model
+
+
+def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: Any) -> Any:
+    """A randomly initialised model from `config_name` + `config_overrides` (run_clm.py's from-scratch path). The
+    caller seeds the RNG first (`set_seed(seed)`), so the same seed gives the same weights. The vocabulary and the
+    special token ids follow the tokenizer, which is what the model will be trained with."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.config_name,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"config_name: cannot read a config from {model_args.config_name!r}: {str(e).splitlines()[0]}",
+            source="config_name",
+        ) from None
+    if model_args.config_overrides:
+        config = _override(config, model_args.config_overrides)
+    if tokenizer is not None:
+        config.vocab_size = len(tokenizer)
+        for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            if hasattr(config, key):
+                setattr(config, key, getattr(tokenizer, key, None))
+    try:
+        return AutoModelForCausalLM.from_config(
+            config,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"config_name: cannot build a model from {model_args.config_name!r}: {str(e).splitlines()[0]}",
+            source="config_name",
+        ) from None
+
+
+def _override(config: Any, text: str) -> Any:
+    """run_clm.py's `update_from_string`, then the config rebuilt from its values, so that fields derived from an
+    overridden one at construction (Qwen2's per-layer `layer_types` from `num_hidden_layers`) follow it."""
+    import copy
+
+    from sftforge.config.validate_pt import parse_overrides
+
+    probe = copy.deepcopy(config)
+    try:
+        probe.update_from_string(text)  # checks each key exists and converts the value to its type
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(
+            f"config_overrides: {e} (the config's keys: {', '.join(sorted(config.to_dict())[:40])}, ...).",
+            source="config_overrides",
+        ) from None
+    changed = parse_overrides(text)
+    values = config.to_dict()
+    values.update({key: getattr(probe, key) for key in changed})
+    if "num_hidden_layers" in changed and "layer_types" not in changed:
+        values.pop("layer_types", None)  # one entry per layer: recomputed for the new depth
+    return type(config).from_dict(values)

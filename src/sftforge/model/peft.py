@@ -1,5 +1,5 @@
 """Turn a loaded model into what the recipe trains: every weight (full), LoRA / DoRA adapters (peft, on a plain or
-bitsandbytes-quantized base), or only the last N blocks (freeze).
+bitsandbytes-quantized base), only the last N blocks (freeze), or peft's prefix / prompt / P-tuning / IA3.
 
 Adapters are peft's own (`get_peft_model`), never hand-written layers, so the output folder is a standard peft
 adapter that `PeftModel.from_pretrained`, vLLM and `sftforge merge` read.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from sftforge.config.peft_args import PeftArguments
+from sftforge.config.peft_args import METHOD_KEYS, PeftArguments
 from sftforge.errors import ConfigError
 from sftforge.model.quant import is_quantized
 from sftforge.model.sizes import full_numel, full_shape
@@ -40,6 +40,15 @@ def apply_finetuning(
                     p.requires_grad_(True)
         frozen = "earlier blocks" if resized else "embeddings, earlier blocks and the head"
         notes.append(f"freeze: training blocks {trained}; {frozen} frozen")
+    elif kind in METHOD_KEYS:  # prefix / prompt / ptuning / ia3
+        if resized:
+            raise ConfigError(
+                f"finetuning_type {kind}: the tokenizer has tokens the model's embedding lacks; {kind} cannot train "
+                "new embedding rows. Use finetuning_type: lora (which trains them with modules_to_save) or full.",
+                source="peft",
+            )
+        model, note = _apply_other(model, peft_args, tokenizer)
+        notes.append(note)
     else:
         model = _apply_lora(model, peft_args, resized is not None)
     if activation_checkpointing:
@@ -96,6 +105,105 @@ def _apply_lora(model: Any, peft_args: PeftArguments, resized: bool) -> Any:
             "(or use all-linear).",
             source="peft",
         ) from None
+
+
+def _apply_other(model: Any, peft_args: PeftArguments, tokenizer: Any) -> tuple[Any, str]:
+    """peft's prefix tuning, prompt tuning, P-tuning or IA3 on the (frozen) model; the summary note."""
+    import peft
+
+    kind, n = peft_args.finetuning_type, peft_args.num_virtual_tokens
+    hidden = model.config.get_text_config().hidden_size
+    if kind == "prefix":
+        config: Any = peft.PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=n, prefix_projection=peft_args.prefix_projection,
+            encoder_hidden_size=peft_args.encoder_hidden_size or hidden,
+        )  # fmt: skip
+        note = f"fine-tuning: prefix tuning, {n} virtual key/value tokens per layer; the base stays frozen"
+    elif kind == "prompt":
+        text = peft_args.prompt_tuning_init == "text"
+        config = peft.PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=n, prompt_tuning_init="TEXT" if text else "RANDOM",
+            prompt_tuning_init_text=peft_args.prompt_tuning_init_text if text else None,
+            tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None) if text else None,
+        )  # fmt: skip
+        start = f"the embeddings of {peft_args.prompt_tuning_init_text!r}" if text else "random"
+        note = f"fine-tuning: prompt tuning, {n} virtual tokens (start: {start}); the base stays frozen"
+    elif kind == "ptuning":
+        size = peft_args.encoder_hidden_size or hidden
+        config = peft.PromptEncoderConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=n, encoder_hidden_size=size,
+            encoder_reparameterization_type=peft_args.encoder_reparameterization_type,
+        )  # fmt: skip
+        note = (
+            f"fine-tuning: P-tuning, {n} virtual tokens from a {peft_args.encoder_reparameterization_type} prompt "
+            f"encoder (hidden {size}); the base stays frozen"
+        )
+    else:
+        target, feedforward = ia3_modules(model, peft_args)
+        config = peft.IA3Config(task_type="CAUSAL_LM", target_modules=target, feedforward_modules=feedforward)
+        note = (
+            f"fine-tuning: IA3 scaling vectors on {_names(target)} (feed-forward: {_names(feedforward) or 'none'});"
+            " the base stays frozen"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*is_gradient_checkpointing")
+            model = peft.get_peft_model(model, config)
+        if kind != "ia3":
+            cache_named_for_peft(model)  # eval_generation generates with it
+        return model, note
+    except ValueError as e:
+        linear = ", ".join(sorted(linear_module_names(model)))
+        hint = f" Linear modules in this model: {linear}." if kind == "ia3" else ""
+        raise ConfigError(
+            f"finetuning_type {kind}: peft refuses: {str(e).splitlines()[0]}{hint}", "peft"
+        ) from None
+
+
+def cache_named_for_peft(peft_model: Any) -> Any:
+    """peft 0.21's generate() for prompt learning finds the KV cache as model_kwargs["past_key_values"];
+    transformers 5.x names it "cache". Unpatched, prefix tuning generates from the bare base (the prefix is never
+    injected) and prompt / P-tuning insert their virtual tokens again at every decoding step. Handing peft the cache
+    under the old name (which the model still accepts) makes every step's logits equal an uncached forward pass
+    (tests/model/test_peft_methods.py). Also applied to the model being trained, for eval_generation."""
+    inner = peft_model.base_model_prepare_inputs_for_generation
+
+    def prepare(*args: Any, **kwargs: Any) -> Any:
+        inputs = inner(*args, **kwargs)
+        if "cache" in inputs and "past_key_values" not in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    peft_model.base_model_prepare_inputs_for_generation = prepare
+    return peft_model
+
+
+def ia3_modules(model: Any, peft_args: PeftArguments) -> tuple[Any, Any]:
+    """IA3's target and feed-forward modules: the recipe's, else k_proj, v_proj (attention) and down_proj
+    (feed-forward, scaled at its input) where they are nn.Linear — fused MoE experts are not, so MoE models get
+    attention only."""
+    from sftforge.config.validate_peft import normalise_target_modules
+
+    target = peft_args.ia3_target_modules
+    feedforward = peft_args.ia3_feedforward_modules
+    target = normalise_target_modules(target) if target is not None else None
+    feedforward = normalise_target_modules(feedforward) if feedforward is not None else None
+    if target is None:
+        linear = linear_module_names(model)
+        target = [m for m in ("k_proj", "v_proj", "down_proj") if m in linear]
+        if not target:
+            raise ConfigError(
+                "finetuning_type ia3: this model has no k_proj/v_proj/down_proj linears; name the modules with "
+                f"ia3_target_modules (its linear modules: {', '.join(sorted(linear))}).",
+                source="peft",
+            )
+    if feedforward is None:
+        feedforward = [m for m in target if m == "down_proj"] if isinstance(target, list) else []
+    return target, feedforward
+
+
+def _names(value: Any) -> str:
+    return ",".join(value) if isinstance(value, list) else str(value)
 
 
 def resize_embeddings_for(model: Any, tokenizer: Any) -> tuple[int, int] | None:

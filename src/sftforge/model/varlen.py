@@ -298,7 +298,7 @@ def check_packing_supported(model_args: Any) -> None:
 
     try:
         config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
+            model_args.model_name_or_path or model_args.config_name,
             revision=model_args.model_revision,
             trust_remote_code=model_args.trust_remote_code,
         )

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from sftforge.errors import ConfigError
+from sftforge.export.merge_inputs import UNMERGEABLE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +98,14 @@ def _run_vllm(args: argparse.Namespace, name: str) -> int:
             "'Serve'), or use the built-in engine (--engine hf).",
             source="serve",
         )
-    if (Path(args.model) / "adapter_config.json").is_file():
+    adapter_config = Path(args.model) / "adapter_config.json"
+    if adapter_config.is_file() and _peft_type(adapter_config) in UNMERGEABLE:
+        raise ConfigError(
+            f"--engine vllm: {args.model!r} is a prefix/prompt/P-tuning adapter, which cannot be merged and which "
+            "vLLM does not load. Serve it with the built-in engine (--engine hf).",
+            source="serve",
+        )
+    if adapter_config.is_file():
         raise ConfigError(
             f"--engine vllm: {args.model!r} is a LoRA adapter. Merge it first (sftforge merge --adapter "
             f"{args.model} --output {args.model}/merged) and serve the merged folder.",
@@ -113,3 +121,12 @@ def _run_vllm(args: argparse.Namespace, name: str) -> int:
     print("sftforge serve: " + " ".join(shown), flush=True)
     os.execvp(cmd[0], cmd)
     return 0  # not reached
+
+
+def _peft_type(adapter_config: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(adapter_config.read_text(encoding="utf-8")).get("peft_type")
+    except ValueError:
+        return None

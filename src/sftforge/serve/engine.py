@@ -24,6 +24,7 @@ import torch
 from sftforge.serve.loading import LoadedModel
 from sftforge.serve.sampling import SamplingParams, next_tokens, seeded_generator
 from sftforge.serve.text_stream import TextStream
+from sftforge.serve.virtual_tokens import VirtualTokens
 
 
 class QueueFull(RuntimeError):
@@ -59,6 +60,10 @@ class Engine:
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 16, max_queue: int = 256):
         self.loaded = loaded
         self.model = loaded.model
+        # prefix / prompt / P-tuning: the base model runs, the virtual tokens are added at prefill
+        self.virtual = VirtualTokens(loaded.model) if loaded.kind == "prompt-learning" else None
+        if self.virtual is not None:
+            self.model = loaded.model.get_base_model()
         self.tokenizer = loaded.tokenizer
         self.stop_ids = set(loaded.stop_ids)
         accepted = inspect.signature(self.model.forward).parameters
@@ -167,13 +172,10 @@ class Engine:
         device = self.model.device
         ids, mask = _left_padded([r.prompt_ids for r in requests], self.tokenizer.pad_token_id, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            **self.last_logits_only,
-        )
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.virtual is not None:
+            inputs, mask, positions = self.virtual.prefill(ids, mask, self.cache_arg)
+        out = self.model(**inputs, use_cache=True, **self.last_logits_only)
         return _Rows(
             requests=list(requests),
             streams=[TextStream(self.tokenizer, r.params.stop, r.hold) for r in requests],

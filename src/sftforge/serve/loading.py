@@ -1,5 +1,6 @@
 """Load what `sftforge train` wrote, for inference (`chat`, `serve`, `eval`): a full model folder, a merged folder,
-or a LoRA output folder (base + adapter, merged in memory), with the tokenizer, chat template and end-of-turn
+or an adapter output folder (base + adapter: LoRA / IA3 merged in memory; prefix / prompt / P-tuning kept as a
+peft model, whose generate() adds the virtual tokens), with the tokenizer, chat template and end-of-turn
 tokens saved at training time, so prompts are rendered exactly as in training and generation stops where the
 trained turns end."""
 
@@ -18,7 +19,7 @@ class LoadedModel:
     tokenizer: Any
     model: Any
     path: str
-    kind: str  # "full" | "lora"
+    kind: str  # "full" | "lora" (LoRA or IA3, merged in memory) | "prompt-learning" (prefix/prompt/ptuning, unmerged)
     base: str | None = None  # the base model of a LoRA folder
     stop_ids: list[int] = field(default_factory=list)  # generation ends on any of these (end-of-turn tokens)
 
@@ -57,7 +58,7 @@ def load_for_inference(
     torch_dtype = _dtype(dtype, device)
     if is_adapter:
         tokenizer, model, base = _load_lora(where, base, trust_remote_code, torch_dtype, source)
-        kind = "lora"
+        kind = "prompt-learning" if hasattr(model, "peft_config") else "lora"
     else:
         tokenizer, model = _load_full(str(path), trust_remote_code, torch_dtype, source)
         kind, base = "full", None
@@ -101,7 +102,8 @@ def _load_lora(
 ) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM
 
-    from sftforge.export.merge_inputs import attach_adapter, load_tokenizer
+    from sftforge.export.merge_inputs import UNMERGEABLE, attach_adapter, load_tokenizer
+    from sftforge.model.peft import cache_named_for_peft
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     base = base or config.get("base_model_name_or_path")
@@ -120,8 +122,11 @@ def _load_lora(
             source=source,
         ) from None
     tokenizer = load_tokenizer(adapter_dir, base, trust_remote_code)
-    model = attach_adapter(model, adapter_dir, base).merge_and_unload()
-    return tokenizer, model, base
+    model = attach_adapter(model, adapter_dir, base)
+    if config.get("peft_type") in UNMERGEABLE:
+        # Virtual tokens cannot be merged into weights: the PeftModel stays, and its generate() puts them in front
+        return tokenizer, cache_named_for_peft(model), base
+    return tokenizer, model.merge_and_unload(), base
 
 
 def _stop_ids(where: Path, model: Any, tokenizer: Any) -> list[int]:

@@ -47,9 +47,9 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS) + len(EXTRA_TOKENS)  # every byte mus
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _without_added_tokens(texts: Iterable[str]) -> Iterator[str]:
+def _without_added_tokens(texts: Iterable[str], extra: tuple[str, ...] = ()) -> Iterator[str]:
     """Cut the special/added tokens out of the training text: they are atomic, so they must not shape merges."""
-    pattern = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + EXTRA_TOKENS))
+    pattern = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS + extra + EXTRA_TOKENS))
     for text in texts:
         for piece in pattern.split(text):
             if piece:
@@ -57,11 +57,17 @@ def _without_added_tokens(texts: Iterable[str]) -> Iterator[str]:
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, chat_template: str = DEFAULT_CHAT_TEMPLATE
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    chat_template: str = DEFAULT_CHAT_TEMPLATE,
+    *,
+    extra_special_tokens: Iterable[str] = (),
+    model_max_length: int = 1024,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on `texts`; `vocab_size` counts every token (a small corpus may give fewer).
 
-    Special tokens: pad `<|endoftext|>` (id 0), `<|im_start|>` (1), eos `<|im_end|>` (2); no BOS, as in Qwen2.
+    Special tokens: pad `<|endoftext|>` (id 0), `<|im_start|>` (1), eos `<|im_end|>` (2); no BOS, as in Qwen2;
+    then `extra_special_tokens` (ids 3, 4, ...: markers another chat template writes).
     `<think>`, `</think>`, `<tool_call>`, `</tool_call>` are single non-special tokens (the last ids).
     Any UTF-8 text round-trips: decode(encode(t)) == NFC(t).
     """
@@ -77,10 +83,12 @@ def train_bpe_tokenizer(
     )
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < MIN_VOCAB_SIZE:
+    extra = tuple(t for t in dict.fromkeys(extra_special_tokens) if t not in SPECIAL_TOKENS + EXTRA_TOKENS)
+    specials = SPECIAL_TOKENS + extra
+    if vocab_size < MIN_VOCAB_SIZE + len(extra):
         raise ConfigError(
-            f"vocab_size={vocab_size} is too small: a byte-level tokenizer needs at least {MIN_VOCAB_SIZE} "
-            f"(256 bytes + {len(SPECIAL_TOKENS) + len(EXTRA_TOKENS)} special/added tokens)."
+            f"vocab_size={vocab_size} is too small: a byte-level tokenizer needs at least "
+            f"{MIN_VOCAB_SIZE + len(extra)} (256 bytes + {len(specials) + len(EXTRA_TOKENS)} special/added tokens)."
         )
     backend = Tokenizer(models.BPE(fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
@@ -93,12 +101,12 @@ def train_bpe_tokenizer(
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(EXTRA_TOKENS),  # the extra tokens are appended after training
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen in the corpus or not
         min_frequency=2,
         show_progress=False,
     )
-    backend.train_from_iterator(_without_added_tokens(texts), trainer=trainer)
+    backend.train_from_iterator(_without_added_tokens(texts, extra), trainer=trainer)
     # Same meaning as the trainer's None, but spelled as Qwen2Tokenizer spells it, so a reload is identical.
     backend.model.continuing_subword_prefix = ""
     backend.model.end_of_word_suffix = ""
@@ -111,8 +119,8 @@ def train_bpe_tokenizer(
         # Qwen2Tokenizer (what AutoTokenizer rebuilds for qwen2 configs) defaults unk to <|endoftext|>; name it
         # here too so the tokenizer is the same before and after a reload. Byte-level BPE never emits it.
         unk_token=PAD_TOKEN,
-        extra_special_tokens=[SPECIAL_TOKENS[1], EOS_TOKEN],  # as Qwen2.5's additional_special_tokens
-        model_max_length=1024,
+        extra_special_tokens=[SPECIAL_TOKENS[1], EOS_TOKEN, *extra],  # as Qwen2.5's additional_special_tokens
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,  # cleanup would turn "a ." into "a." and break exact round trips
         padding_side="right",
     )

@@ -20,7 +20,7 @@ def run_identity(cfg: SFTConfig, world_size: int) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one (recorded in every checkpoint's marker)."""
     from sftforge.data.cache import data_digest
 
-    model = cfg.model.model_name_or_path or ""
+    model = cfg.model.model_name_or_path or cfg.model.config_name or ""
     local = Path(model).expanduser()
     args = cfg.training
     return {
@@ -31,6 +31,11 @@ def run_identity(cfg: SFTConfig, world_size: int) -> dict[str, Any]:
         "seed": args.seed,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
         "finetuning_type": cfg.peft.finetuning_type,
+        **(
+            {"config_overrides": overrides}
+            if (overrides := getattr(cfg.model, "config_overrides", None))
+            else {}
+        ),
     }
 
 

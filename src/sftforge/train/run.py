@@ -16,11 +16,13 @@ from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
 from sftforge.data.packing import pack_examples, packing_efficiency
 from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
+from sftforge.data.pretrain import coverage_metrics, prepare_pretrain_data, resolve_stage
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
+from sftforge.model.moe import configure_aux_loss, is_moe
 from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import VARLEN, check_packing_supported, packed_attention_backend
@@ -79,10 +81,14 @@ def _is_main_process() -> bool:
 
 def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedData]:
     """Tokenizer + the examples exactly as the trainer will see them (`sftforge inspect` shows the same)."""
+    resolve_stage(cfg.data, cfg.explicit)  # stage: auto → pt or sft, from the data
     bundle = load_tokenizer(cfg.model, cfg.data)
     # Timed without the tokenizer load, like the peer's figure: the data stage only
     started = time.perf_counter()
-    data = prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
+    if cfg.data.stage == "pt":  # documents → blocks (data/blocks.py); no chat template, no masks
+        data = prepare_pretrain_data(cfg.data, bundle.tokenizer, cfg.training.seed)
+    else:
+        data = prepare_data(cfg.data, tokenize_spec(cfg, bundle), cfg.training.seed)
     data.seconds = time.perf_counter() - started
     return bundle, data
 
@@ -91,14 +97,22 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
     train = [{**e.as_features(), "sources": [e.source]} for e in data.train]
     evaluation = [e.as_features() for e in data.eval] or None
     packing_s, fill = 0.0, None
-    if cfg.data.packing:
+    pretraining = cfg.data.stage == "pt"
+    if pretraining and cfg.data.packing and cfg.data.document_isolation:
+        # Blocks carry their documents' lengths (seq_lens): the packed-SFT collator and attention isolate them
+        backend = packed_attention_backend(cfg.model.attn_implementation)
+        model.set_attn_implementation(backend)
+        collator: Any = FlatteningCollator(bucket_layout=backend == VARLEN)
+    elif pretraining:  # full blocks (only the last one may be shorter), or documents cut at max_length
+        collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
+    elif cfg.data.packing:
         started = time.perf_counter()
         train = pack_examples(train, cfg.data.max_length)
         packing_s, fill = time.perf_counter() - started, packing_efficiency(train, cfg.data.max_length)
         backend = packed_attention_backend(cfg.model.attn_implementation)
         model.set_attn_implementation(backend)
         # The bucket layout is for sftforge_varlen; flash-attn needs only cu_seq_lens
-        collator: Any = FlatteningCollator(bucket_layout=backend == VARLEN)
+        collator = FlatteningCollator(bucket_layout=backend == VARLEN)
     else:
         collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
     trainer = SFTTrainer(
@@ -109,6 +123,10 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    trainer.moe_model = is_moe(model.config)  # MoE: the router aux loss (model/moe.py)
+    trainer.moe_aux, moe_note = configure_aux_loss(model, cfg.model, cfg.explicit)
+    if moe_note and moe_note not in cfg.notes:
+        cfg.notes.append(moe_note)
     trainer.stop_ids = bundle.end_of_turn_ids  # eval_generation: answers end where trained turns end
     trainer.packing_s, trainer.packing_fill = packing_s, fill  # reported with the preprocessing figures
     return trainer
@@ -117,7 +135,12 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
-    if cfg.data.packing:  # before the data is prepared: a model packing would compute differently is refused
+    if cfg.data.stage == "auto":  # → pt or sft, from the data
+        resolve_stage(cfg.data, cfg.explicit)
+        kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
+        cfg.notes.append(f"stage: auto → {cfg.data.stage} (the rows are {kind})")
+    # Before the data is prepared: a model packing would compute differently is refused
+    if _packed_attention(cfg):
         check_packing_supported(cfg.model)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
@@ -130,7 +153,12 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     # depend on what consumed the RNG earlier (e.g. a cache hit or miss), and a rerun or a killed-then-resumed
     # run would not start from the same adapter as the original one.
     set_seed(args.seed)
-    model = load_model(cfg.model, ckpt, quantization_config(cfg.peft))
+    model = load_model(cfg.model, ckpt, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+    if cfg.model.config_name:
+        cfg.notes.append(
+            f"init: random weights from {cfg.model.config_name} (seed {args.seed}), "
+            f"{count_parameters(model)[1]:,} parameters, vocabulary {model.config.vocab_size} (the tokenizer's)"
+        )
     model, peft_notes = apply_finetuning(model, cfg.peft, bundle.tokenizer, ckpt)  # lora / qlora / freeze
     cfg.notes.extend(peft_notes)
     trainer = build_trainer(cfg, bundle, data, model)
@@ -154,6 +182,10 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["tokens_per_s"] = round(tokens.real_tokens / max(metrics["train_s"], 1e-9), 1)
     if trainer.packing_fill is not None:  # real tokens / (packed rows × max_length)
         metrics["packing_fill"] = round(trainer.packing_fill, 4)
+    if data.blocks is not None:  # stage pt: corpus_tokens, block_tokens, corpus_coverage, ...
+        metrics.update(coverage_metrics(data.blocks))
+    if cfg.model.config_name:
+        metrics["init"] = "random"
     metrics["train_loss_first"] = next((e["loss"] for e in trainer.state.log_history if "loss" in e), None)
     metrics["train_loss_last"] = next(
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
@@ -164,7 +196,9 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    if cfg.data.packing:  # back to a backend any loader knows (the saved config never records it anyway)
+    if _packed_attention(
+        cfg
+    ):  # back to a backend any loader knows (the saved config never records it anyway)
         model.set_attn_implementation(cfg.model.attn_implementation)
     restored = restore_checkpoint_dtype(trainer, cfg.model, "torch_dtype" in cfg.auto_resolved)
     if restored and trainer.is_world_process_zero():
@@ -178,12 +212,13 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         plot_loss(trainer.state.log_history, out / "loss.png")
         write_model_card(
             out / "README.md",
-            base_model=cfg.model.model_name_or_path,
+            base_model=cfg.model.model_name_or_path or cfg.model.config_name,
             data_desc=_describe_data(cfg, data),
             training=args,
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
-            adapter=cfg.peft if cfg.peft.is_lora else None,
+            adapter=cfg.peft if cfg.peft.is_adapter else None,
+            intro=_pretraining_intro(cfg),
         )
         print_final_summary(metrics, out)
         if cfg.peft.merge_after_train:
@@ -192,6 +227,26 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             merge_adapter(cfg.model.model_name_or_path, out, out / "merged", overwrite=True,
                           trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     return metrics
+
+
+def _pretraining_intro(cfg: SFTConfig) -> str | None:
+    if cfg.data.stage != "pt":
+        return None
+    from sftforge import __version__
+
+    if cfg.model.config_name:
+        return (
+            f"Pretrained from scratch (random init from `{cfg.model.config_name}`) with sftforge {__version__}: "
+            "every token of the corpus trained."
+        )
+    return f"Continued pretraining of `{cfg.model.model_name_or_path}` with sftforge {__version__}: every token trained."
+
+
+def _packed_attention(cfg: SFTConfig) -> bool:
+    """Packed SFT rows, or pretraining blocks with isolated documents: the padding-free packed attention."""
+    if cfg.data.stage == "pt":
+        return bool(cfg.data.packing and cfg.data.document_isolation)
+    return bool(cfg.data.packing)
 
 
 def _describe_data(cfg: SFTConfig, data: PreparedData) -> str:

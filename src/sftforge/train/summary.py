@@ -41,6 +41,8 @@ def split_decision(stats: Any, multi_turn: str) -> list[str]:
 
 def data_summary_lines(cfg: Any, data: Any) -> list[str]:
     """The data part of the start-up summary; `sftforge inspect` prints the same lines."""
+    if getattr(data, "blocks", None) is not None:
+        return pretrain_summary_lines(cfg, data)
     stats = data.train_stats
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
     return [
@@ -64,6 +66,37 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
     ]
 
 
+def pretrain_summary_lines(cfg: Any, data: Any) -> list[str]:
+    """stage pt: documents read, tokens in the corpus and in blocks (the coverage), block layout."""
+    stats, blocks, d = data.train_stats, data.blocks, cfg.data
+    dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
+    if d.packing:
+        layout = (
+            f"{len(data.train)} blocks of {d.max_length} tokens (documents + eos concatenated; last block "
+            f"{'dropped' if d.drop_last_block else 'kept'}; "
+            + (
+                "documents isolated)"
+                if d.document_isolation
+                else "documents attend across boundaries, as run_clm)"
+            )
+        )
+    else:
+        layout = f"{len(data.train)} documents, each cut at {d.max_length} tokens ({blocks.truncated} cut; pack: false)"
+    return [
+        f" data         stage pt: {stats.rows} rows read, {blocks.documents} documents (column {d.text_column!r}); "
+        f"dropped {dropped}",
+        f" tokens       {blocks.corpus_tokens} in the corpus, {blocks.block_tokens} trained per epoch "
+        f"({100 * blocks.coverage:.2f}% coverage, every block token is a label)",
+        f" blocks       {layout}",
+        f" split        {len(data.train)} train / {len(data.eval)} eval rows",
+        *(
+            [f" cache        {cache.describe()}"]
+            if (cache := getattr(data, "cache", None)) is not None
+            else []
+        ),
+    ]
+
+
 def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any) -> None:
     args = cfg.training
     effective, total_steps = _steps(len(train_rows), args)
@@ -71,7 +104,7 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_ro
     lines = [
         "─" * 72,
         f" sftforge train → {args.output_dir}",
-        f" model        {cfg.model.model_name_or_path}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
+        f" model        {model_label(cfg)}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
         *[f" decision     {note}" for note in cfg.notes + bundle.notes],
         *data_summary_lines(cfg, data),
         *_packing_lines(cfg, data, train_rows, model),
@@ -82,7 +115,21 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_ro
     print("\n".join(lines), flush=True)
 
 
+def model_label(cfg: Any) -> str:
+    """The model line's name: the loaded weights, or the config a random init was built from."""
+    m = cfg.model
+    if m.model_name_or_path:
+        return str(m.model_name_or_path)
+    overrides = f" + {m.config_overrides}" if m.config_overrides else ""
+    return f"{m.config_name}{overrides} — random init (seed {cfg.training.seed}), no weights loaded"
+
+
 def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
+    if getattr(cfg.data, "stage", "sft") == "pt":
+        if cfg.data.packing and cfg.data.document_isolation:
+            return [f" batching     padding-free, documents isolated by {model.config._attn_implementation}"]
+        return [" batching     full blocks (only the last may be padded)" if cfg.data.packing else
+                " batching     padded to the longest document in each batch"]  # fmt: skip
     if not cfg.data.packing:
         return [
             f" batching     padded to the longest in each batch; {cfg.training.train_sampling_strategy} sampling"

@@ -11,6 +11,7 @@ import torch
 from transformers import Trainer
 
 from sftforge.errors import SftforgeError
+from sftforge.model.moe import silence_model_aux
 from sftforge.train import checkpoints
 from sftforge.train.guards import NonFiniteGuard
 from sftforge.train.token_counter import TokenCounter
@@ -36,6 +37,8 @@ class SFTTrainer(Trainer):
         self._decided_before_backward = False  # DeepSpeed: this step was judged before its backward
 
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
+    moe_aux: Any = None  # a model.moe.MoeAuxLoss, set by the run for MoE models with the router aux loss on
+    moe_model = False  # an MoE model: its own per-forward aux addition is switched off while training
     stop_ids: list[int] = []  # end-of-turn ids (set by the run): eval_generation stops answers on them
 
     # ------------------------------------------------------------------ training steps
@@ -45,10 +48,14 @@ class SFTTrainer(Trainer):
         # checkpoint is complete, and with save_total_limit=1 it deletes the newest checkpoint at the end of
         # training when another one is the best (transformers#25129, #11748).
         self.rotation_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        # MoE: the model would add coef × aux per forward (once per micro-batch); compute_loss adds it per step
+        silenced = silence_model_aux(self.model) if self.moe_model else []
         try:
             return super().train(*args, **kwargs)
         finally:
             self.args.save_total_limit = self.rotation_limit
+            for module, value in silenced:
+                module.router_aux_loss_coef = value
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         # Nothing here reads a value off the device: counts and losses stay tensors until a decision or a log
@@ -63,8 +70,30 @@ class SFTTrainer(Trainer):
         # The stock loop adds this to the logged running loss: a skipped step's NaN must not poison that mean.
         return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        result = super().compute_loss(model, inputs, *args, **kwargs)
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        aux = self.moe_aux if self._in_training_step else None
+        if self.moe_model:  # evaluation: the LM loss only (eval_loss and perplexity compare across runs)
+            inputs = {**inputs, "output_router_logits": aux is not None}
+        result = super().compute_loss(
+            model,
+            inputs,
+            return_outputs=return_outputs or aux is not None,
+            num_items_in_batch=num_items_in_batch,
+        )
+        if aux is not None:
+            loss, outputs = result
+            # The LM loss is already a share of the step's mean (num_items_in_batch) or will be divided by the
+            # micro-batch count by the stock loop; the aux term is the mean over the step's micro-batches either way.
+            scaled = self.loss_is_scaled_for_ga
+            if scaled is None:
+                scaled = (
+                    self.model_accepts_loss_kwargs and num_items_in_batch is not None
+                ) or self.compute_loss_func is not None
+            micro_batches = self.current_gradient_accumulation_steps if scaled else 1
+            loss = loss + aux.term(outputs, inputs, micro_batches).to(loss.device)
+            result = (loss, outputs) if return_outputs else loss
         if self._in_training_step:  # not for evaluation, which calls compute_loss too
             self.guard.observe_loss(result[0] if isinstance(result, tuple) else result)
             if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
@@ -172,6 +201,8 @@ class SFTTrainer(Trainer):
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.throughput is not None:
             self.throughput.annotate(logs)
+        if self.moe_aux is not None and "loss" in logs:
+            self.moe_aux.annotate(logs)
         if "eval_loss" in logs and getattr(self.args, "eval_generation", False) and self.eval_dataset:
             from sftforge.train.eval_generation import generation_eval_metrics
 
