@@ -41,11 +41,6 @@ ALIASES: dict[str, str] = {
     "eval_file": "eval_data_path",
     "preprocessing_num_workers": "dataset_num_proc",
     "dtype": "torch_dtype",
-    # --- guides (issue 14): LLaMA-Factory's LoRA names (lora_target: q_proj,v_proj or all), TRL's ModelConfig
-    "lora_rank": "lora_r",
-    "lora_target": "lora_target_modules",
-    "lora_modules_to_save": "modules_to_save",
-    "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     "template": "chat_template",
     "val_size": "eval_split_ratio",
 }
@@ -63,6 +58,15 @@ ALIASES.update(
         "tokenizer_name": "tokenizer_name_or_path",
         "dataset_config_name": "dataset_config",
         "pack": "packing",
+    }
+)
+# Guides' LoRA names: LLaMA-Factory's lora_rank / lora_target (q_proj,v_proj or all), TRL's ModelConfig.
+ALIASES.update(
+    {
+        "lora_rank": "lora_r",
+        "lora_target": "lora_target_modules",
+        "lora_modules_to_save": "modules_to_save",
+        "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     }
 )
 
