@@ -46,16 +46,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights (same seed, same model)")
 
 
-def _strings(value: Any) -> Iterator[str]:
+def json_strings(value: Any) -> Iterator[str]:
     """Every string value inside a JSON document, depth first (dict keys are field names, not text)."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _strings(item)
+            yield from json_strings(item)
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from json_strings(item)
 
 
 def read_corpus(paths: list[str]) -> list[str]:
@@ -75,9 +75,9 @@ def read_corpus(paths: list[str]) -> list[str]:
         if suffix == ".jsonl":
             for lineno, line in enumerate(raw.splitlines(), start=1):
                 if line.strip():
-                    texts.extend(_strings(_parse_json(line, f"{name}:{lineno}")))
+                    texts.extend(json_strings(_parse_json(line, f"{name}:{lineno}")))
         elif suffix == ".json":
-            texts.extend(_strings(_parse_json(raw, name)))
+            texts.extend(json_strings(_parse_json(raw, name)))
         else:
             texts.extend(line for line in raw.splitlines() if line.strip())
     if not texts:

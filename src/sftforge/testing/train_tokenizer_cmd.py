@@ -14,9 +14,9 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from sftforge.errors import ConfigError, DataError
+from sftforge.testing.init_model_cmd import json_strings
 
 CHAT_TEMPLATES = ("chatml",)
 _MARKER = re.compile(r"<\|[A-Za-z0-9_]+\|>")
@@ -59,17 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
-
-
 def iter_texts(paths: list[str], text_column: str, txt_documents: str) -> Iterator[str]:
     """The texts of the data files (the readers of `sftforge train`, .txt included)."""
     from sftforge.data.readers import iter_rows, resolve_key_files
@@ -82,7 +71,7 @@ def iter_texts(paths: list[str], text_column: str, txt_documents: str) -> Iterat
             if isinstance(value, str):
                 yield value
             else:
-                yield from _strings(row.row)
+                yield from json_strings(row.row)
 
 
 def template_of(spec: str) -> tuple[str, list[str]]:
