@@ -42,7 +42,9 @@ def recipe(tmp_path: Path, data_file: Path, text: str) -> Path:
 def test_logging_dir_is_where_tensorboard_writes(base, tmp_path, monkeypatch):
     from sftforge.config.reporting import apply_logging_dir
 
-    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    # setenv (not delenv) so that monkeypatch restores the variable's absence afterwards: apply_logging_dir sets it,
+    # and a leftover value would send later runs' TensorBoard files of this test worker elsewhere
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "placeholder")
     cfg = load_config(None, [*base, "--logging_dir", "tb-logs", "--report_to", "tensorboard"])
     assert cfg.training.logging_dir == "tb-logs"
     assert "logging_dir: TensorBoard event files go to tb-logs" in cfg.notes
