@@ -52,3 +52,13 @@ def make_tiny_model(tmp_path_factory: pytest.TempPathFactory):
 def tiny_model_dir(make_tiny_model) -> Path:
     """The default tiny model (qwen2, byte-level BPE of 1024 tokens, ChatML template), built once per session."""
     return make_tiny_model("qwen2")
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    """A one-row chat file, for tests that need any valid training data."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    )
+    return path

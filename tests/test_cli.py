@@ -5,20 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from sftforge.cli import main
-
-
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text(
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
-    )
-    return path
 
 
 def _run(capsys, *argv: str) -> tuple[int, str]:

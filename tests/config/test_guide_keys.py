@@ -17,15 +17,6 @@ from sftforge.errors import ConfigError
 
 
 @pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text(
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
-    )
-    return path
-
-
-@pytest.fixture
 def base(data_file: Path) -> list[str]:
     return ["--model_name_or_path", "m", "--train_data_path", str(data_file)]
 

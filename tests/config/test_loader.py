@@ -11,15 +11,6 @@ from sftforge.config import config_to_dict, dump_config, load_config, parse_over
 from sftforge.errors import ConfigError
 
 
-@pytest.fixture
-def data_file(tmp_path: Path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text(
-        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
-    )
-    return path
-
-
 def write_recipe(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
