@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import sftforge.data.cache as cache_mod
 import sftforge.data.pipeline as pipeline
 import sftforge.data.rows as rows_mod
+import sftforge.data.store as store_mod
 from sftforge.config.schema import DataArguments
 from sftforge.data.cache import cache_root
 from sftforge.data.encoding import PieceEncoder
@@ -59,24 +59,24 @@ def setup(tmp_path: Path, tok: Any) -> tuple[DataArguments, TokenizeSpec]:
 
 
 class Counting:
-    """Counts calls into the tokenizing stage (build_examples: every row passes through it)."""
+    """Counts calls into the tokenizing stage (write_examples: every row passes through it)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.calls = 0
-        real = pipeline.build_examples
+        real = pipeline.write_examples
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(pipeline, "build_examples", counted)
+        monkeypatch.setattr(pipeline, "write_examples", counted)
 
 
 def forbid_tokenizing(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("tokenization ran although the cache should have answered")
 
-    monkeypatch.setattr(pipeline, "build_examples", boom)
+    monkeypatch.setattr(pipeline, "write_examples", boom)
     for name in ("process_rows", "plan_conversation", "tokenize_plans", "tokenize_conversation"):
         monkeypatch.setattr(rows_mod, name, boom)
     monkeypatch.setattr(PieceEncoder, "encode", boom)
@@ -88,6 +88,11 @@ def same(a: PreparedData, b: PreparedData) -> None:
             (e.input_ids, e.labels, e.source) for e in y
         ]
     assert a.train_stats == b.train_stats and a.eval_stats == b.eval_stats
+
+
+def snapshot(prepared: PreparedData) -> PreparedData:
+    """The examples read out of the store into lists."""
+    return replace(prepared, train=list(prepared.train), eval=list(prepared.eval))
 
 
 def entries(data: DataArguments) -> list[Path]:
@@ -260,16 +265,16 @@ def test_a_changed_file_in_a_dataset_folder_misses(tmp_path: Path, tok: Any) -> 
 
 
 def damage_truncate(entry: Path) -> None:
-    path = entry / "train.ids.npy"
+    path = entry / "train.ids"
     path.write_bytes(path.read_bytes()[:-40])
 
 
 def damage_flip(entry: Path) -> None:
-    # Same size, one label changed: only the checksum can tell.
-    path = entry / "train.labels.npy"
-    array = np.load(path)
-    array[-1] = 7 if array[-1] != 7 else 8
-    np.save(path, array)
+    # Same size, one label changed (a trained token becomes untrained or back): only the checksum can tell.
+    path = entry / "train.trained"
+    mask = bytearray(path.read_bytes())
+    mask[-1] ^= 1
+    path.write_bytes(bytes(mask))
 
 
 def damage_no_meta(entry: Path) -> None:
@@ -277,22 +282,31 @@ def damage_no_meta(entry: Path) -> None:
 
 
 def damage_bad_meta(entry: Path) -> None:
-    (entry / "meta.json").write_text('{"format": 1, "key": ', encoding="utf-8")
+    (entry / "meta.json").write_text('{"format": 2, "key": ', encoding="utf-8")
 
 
 def damage_missing_array(entry: Path) -> None:
-    (entry / "train.offsets.npy").unlink()
+    (entry / "train.offsets").unlink()
 
 
 def damage_wrong_counts(entry: Path) -> None:
     doc = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    doc["sources"]["train"] = doc["sources"]["train"][:-1]
+    doc["splits"]["train"]["examples"] -= 1
     (entry / "meta.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
 def damage_source(entry: Path) -> None:
+    path = entry / "train.src_blob"
+    blob = path.read_bytes()
+    path.write_bytes(b"X" + blob[1:])
+
+
+def damage_sizes_and_digest(entry: Path) -> None:
+    # A meta.json rewritten consistently (its own digest updated) but with wrong sizes: the store's shape check.
     doc = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    doc["sources"]["train"][0] = "elsewhere.jsonl:1"
+    doc.pop("digest")
+    doc["splits"]["train"]["examples"] += 1
+    doc["digest"] = cache_mod._doc_digest(doc)
     (entry / "meta.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
@@ -306,13 +320,14 @@ def damage_source(entry: Path) -> None:
         damage_missing_array,
         damage_wrong_counts,
         damage_source,
+        damage_sizes_and_digest,
     ],
 )
 def test_a_damaged_entry_is_ignored_and_rebuilt(
     damage: Any, setup: tuple[DataArguments, TokenizeSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, spec = setup
-    first = prepare_data(data, spec, seed=0)
+    first = snapshot(prepare_data(data, spec, seed=0))  # its views map the entry's files, which get damaged
     [entry] = entries(data)
     damage(entry)
 
@@ -329,17 +344,15 @@ def test_a_run_killed_while_storing_leaves_no_entry(
     setup: tuple[DataArguments, TokenizeSpec], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, spec = setup
-    saved: list[Any] = []
-    real_save = np.save
+    closed: list[Any] = []
+    real_close = store_mod.StoreWriter.close
 
-    def dies_after_two_files(path: Any, array: Any, **kwargs: Any) -> None:
-        if len(saved) == 2:
-            raise KeyboardInterrupt  # the run is killed between two array files
-        saved.append(path)
-        real_save(path, array, **kwargs)
+    def dies_after_the_train_split(writer: Any) -> Any:
+        closed.append(real_close(writer))
+        raise KeyboardInterrupt  # the run is killed with the store's files written but not committed
 
     with monkeypatch.context() as m:
-        m.setattr(cache_mod.np, "save", dies_after_two_files)
+        m.setattr(store_mod.StoreWriter, "close", dies_after_the_train_split)
         with pytest.raises(KeyboardInterrupt):
             prepare_data(data, spec, seed=0)
     root = cache_root(data.cache_dir)

@@ -9,7 +9,8 @@ order); the flattening collator then restarts position ids per piece and the pac
 attending to each other, exactly as packed SFT samples (data/packing.py, model/varlen.py). A document cut at a
 block's end continues at position 0 of the next block.
 
-Pure: plain lists in, plain lists out.
+`build_blocks` and `truncate_documents` are pure (plain lists in and out); training uses `BlockView`, the same
+blocks read from the documents' token store (data/store.py) on demand.
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ class BlockStats:
         0  # the last partial block (drop_last) or the cut-off tails (per-document truncation)
     )
     truncated: int = 0  # documents cut at block_size (per-document mode)
-    lengths: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # build_blocks / truncate_documents only
+
+    @property
+    def blocks(self) -> int:
+        return self._blocks if self._blocks is not None else len(self.lengths)
+
+    _blocks: int | None = None  # BlockView's count (it keeps no per-block list)
 
     @property
     def coverage(self) -> float:
@@ -124,3 +131,74 @@ def truncate_documents(
     stats.block_tokens = sum(len(r.input_ids) for r in rows)
     stats.lengths = [len(r.input_ids) for r in rows]
     return rows, stats
+
+
+class BlockView(Sequence[Block]):
+    """`build_blocks` (packing) or `truncate_documents` over documents held in a token store, without copying
+    them: block i is read from the documents it spans when asked for. Holds two arrays: the documents' end
+    positions in the concatenated stream (or their cut lengths), nothing per token."""
+
+    def __init__(
+        self, docs: Any, block_size: int, *, packing: bool, drop_last: bool = False, isolate: bool = False
+    ) -> None:
+        import numpy as np
+
+        self.docs, self.block_size, self.packing, self.isolate = docs, block_size, packing, isolate
+        lengths = np.asarray(docs.lengths, dtype=np.int64)
+        self.stats = BlockStats(documents=len(lengths), corpus_tokens=int(lengths.sum()))
+        self._ends = np.cumsum(lengths)
+        if packing:
+            total = self.stats.corpus_tokens
+            full, rest = divmod(total, block_size)
+            keep_rest = rest > 0 and not drop_last
+            self._count = full + int(keep_rest)
+            self.stats.dropped_tokens = rest if rest and drop_last else 0
+            self.lengths = np.full(self._count, block_size, dtype=np.int64)
+            if keep_rest:
+                self.lengths[-1] = rest
+        else:
+            self._rows = np.flatnonzero(lengths > 0)  # documents end with eos: never empty in practice
+            self.lengths = np.minimum(lengths[self._rows], block_size)
+            self.stats.truncated = int((lengths > block_size).sum())
+            self.stats.dropped_tokens = int(np.maximum(lengths - block_size, 0).sum())
+            self._count = len(self._rows)
+        self.stats.block_tokens = int(self.lengths.sum())
+        self.stats._blocks = self._count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i) + (len(self) if int(i) < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        ids, pieces, first, count = self._read(i)
+        return Block(ids, list(ids), _source(first, count), pieces if self.packing and self.isolate else None)
+
+    def _read(self, i: int) -> tuple[list[int], list[int], str, int]:
+        import numpy as np
+
+        if not self.packing:
+            d = int(self._rows[i])
+            return self.docs.token_ids(d)[: self.block_size].tolist(), [], self.docs.source(d), 1
+        start = i * self.block_size
+        end = start + int(self.lengths[i])
+        d = int(np.searchsorted(self._ends, start, side="right"))
+        parts, pieces, first = [], [], self.docs.source(d)
+        while start < end:
+            doc_start = int(self._ends[d]) - int(self.docs.lengths[d])
+            take_from, take_to = start - doc_start, min(end, int(self._ends[d])) - doc_start
+            parts.append(self.docs.token_ids(d)[take_from:take_to])
+            pieces.append(take_to - take_from)
+            start += take_to - take_from
+            d += 1
+        return np.concatenate(parts).tolist(), pieces, first, len(pieces)
+
+    def features(self, i: int, sources: bool = False) -> dict[str, Any]:
+        block = self[i]
+        features = block.as_features()
+        if sources:
+            features["sources"] = [block.source]
+        return features

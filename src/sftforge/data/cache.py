@@ -5,30 +5,28 @@ dataset's name, config, split and revision), the tokenizer (its full definition 
 template text, the masking / truncation / packing / length / sampling / bad-row / split options, and the versions of
 this data code and of the libraries that tokenize and render. It never depends on file times.
 
-An entry is a folder `<cache_dir>/<key>/`: per split, flat int32 `ids` and `labels` plus int64 `offsets` (.npy), and
-`meta.json` (statistics, sources, and a SHA-256 of every array file). It is written to a temporary folder and renamed
-into place, so a killed run never leaves a half entry; an entry that fails any check on reading (missing file,
-checksum, shapes) is ignored, deleted and rebuilt.
+An entry is a folder `<cache_dir>/<key>/`: a token store (data/store.py: per split, flat memory-mapped arrays of
+token ids, trained-token mask, offsets and sources) and `meta.json` (statistics, sizes, and a SHA-256 of every file).
+It is written to a temporary folder as the examples are made and renamed into place, so a killed run never leaves a
+half entry; an entry that fails any check on reading (missing file, checksum, sizes) is ignored, deleted and rebuilt.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 # Bump when the data code changes what it produces for the same inputs (rendering, spans, masking, truncation).
 DATA_CODE_VERSION = "1"
 DEFAULT_CACHE_DIR = Path("~/.cache/sftforge/tokenized")
-_FORMAT = 1  # layout of an entry on disk
+_FORMAT = 2  # layout of an entry on disk (2: a memory-mapped token store, data/store.py)
 
 
 @dataclass
@@ -49,15 +47,6 @@ class CacheStatus:
         if self.state == "miss":
             return f"miss, not stored ({self.note})"
         return "off (preprocessing_cache: false)"
-
-
-@dataclass
-class Split:
-    """One list of examples in plain form: token ids, labels and the `file:line` each came from."""
-
-    input_ids: list[list[int]]
-    labels: list[list[int]]
-    sources: list[str]
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -172,7 +161,7 @@ def tokenizer_digest(tokenizer: Any) -> str:
 
 def _files_digest(paths: list[Path]) -> list[tuple[str, str]]:
     # The path is part of it: examples remember their `file:line`.
-    return [(str(p.resolve()), _file_sha256(p)) for p in paths]
+    return [(str(p.resolve()), file_sha256(p)) for p in paths]
 
 
 def _dataset_digest(name: str | None, config: str | None, split: str | None) -> Any:
@@ -184,7 +173,7 @@ def _dataset_digest(name: str | None, config: str | None, split: str | None) -> 
     return {"hub": name, "config": config, "split": split, "revision": None}
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -213,90 +202,68 @@ def _library_versions() -> dict[str, str]:
     }
 
 
-# ---------------------------------------------------------------- reading and writing entries
+# ---------------------------------------------------------------- entries: token stores with a meta.json
 
 
-def load(root: Path, key: str) -> tuple[dict[str, Split], dict[str, Any]] | None:
-    """(splits, meta) of a complete, intact entry; None otherwise (a damaged entry is deleted)."""
+def new_entry(root: Path, key: str) -> Path:
+    """A temporary folder beside the entries, to write a store into; `commit_entry` renames it into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=root))
+
+
+def commit_entry(
+    tmp: Path, root: Path, key: str, splits: dict[str, dict[str, Any]], meta: dict[str, Any]
+) -> Path:
+    """Finish an entry written into `tmp`: its meta.json (split sizes and the SHA-256 of every file, the
+    statistics), then one rename. Returns the entry's folder (another process's, if it stored the same key
+    first)."""
+    doc = {"format": _FORMAT, "key": key, "splits": splits, "meta": meta}
+    doc["digest"] = _doc_digest(doc)  # meta.json checks itself too
+    (tmp / "meta.json").write_text(json.dumps(doc), encoding="utf-8")
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; an entry is as readable as any cache file
+    try:
+        tmp.rename(root / key)
+    except OSError:
+        if not (root / key).is_dir():  # not "another process stored it first"
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root / key
+
+
+def open_entry(root: Path, key: str) -> tuple[Path, dict[str, Any]] | None:
+    """(folder, meta.json) of a complete, intact entry; None otherwise (a damaged entry is deleted). Every file's
+    SHA-256 is checked (about 1.5 GB/s: a second for a million tokenized rows)."""
     entry = root / key
     if not entry.is_dir():
         return None
     try:
-        return _read(entry, key)
+        doc = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        if (
+            doc.get("format") != _FORMAT
+            or doc.get("key") != key
+            or doc.pop("digest", None) != _doc_digest(doc)
+        ):
+            raise ValueError("entry of another format or key, or an altered meta.json")
+        from sftforge.data.store import TokenStore
+
+        for split, sizes in doc["splits"].items():
+            for name, digest in sizes["checksums"].items():
+                if file_sha256(entry / name) != digest:
+                    raise ValueError(f"{name}: checksum mismatch")
+            TokenStore(entry, split, sizes)  # the arrays fit together and match the recorded sizes
+        return entry, doc
     except Exception:  # noqa: BLE001 — anything wrong with an entry means: do not trust it, rebuild it
         shutil.rmtree(entry, ignore_errors=True)
         return None
 
 
-def store(root: Path, key: str, splits: dict[str, Split], meta: dict[str, Any]) -> None:
-    """Write an entry atomically: into a temporary folder beside it, then one rename."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=root))
-    try:
-        checksums = {}
-        for name, split in splits.items():
-            for kind, array in _arrays(split).items():
-                path = tmp / f"{name}.{kind}.npy"
-                np.save(path, array, allow_pickle=False)
-                checksums[path.name] = _file_sha256(path)
-        doc = {
-            "format": _FORMAT,
-            "key": key,
-            "checksums": checksums,
-            "sources": {name: split.sources for name, split in splits.items()},
-            "meta": meta,
-        }
-        doc["digest"] = _doc_digest(doc)  # meta.json checks itself too
-        (tmp / "meta.json").write_text(json.dumps(doc), encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an entry is as readable as any cache file
-        try:
-            tmp.rename(root / key)
-        except OSError:
-            if not (root / key).is_dir():  # not "another process stored it first"
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def scratch_folder() -> Path:
+    """A private folder for a store that is not cached (`preprocessing_cache: false`, or an unwritable cache):
+    under $TMPDIR, removed when this process ends."""
+    folder = Path(tempfile.mkdtemp(prefix="sftforge-tokens-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def _doc_digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def _arrays(split: Split) -> dict[str, np.ndarray]:
-    lengths = np.fromiter(map(len, split.input_ids), dtype=np.int64, count=len(split.input_ids))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    total = int(offsets[-1])
-    ids = np.fromiter(chain.from_iterable(split.input_ids), dtype=np.int32, count=total)
-    labels = np.fromiter(chain.from_iterable(split.labels), dtype=np.int32, count=total)
-    return {"ids": ids, "labels": labels, "offsets": offsets}
-
-
-def _read(entry: Path, key: str) -> tuple[dict[str, Split], dict[str, Any]]:
-    doc = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
-    if doc.get("format") != _FORMAT or doc.get("key") != key or doc.pop("digest", None) != _doc_digest(doc):
-        raise ValueError("entry of another format or key, or an altered meta.json")
-    for name, digest in doc["checksums"].items():
-        if _file_sha256(entry / name) != digest:
-            raise ValueError(f"{name}: checksum mismatch")
-    splits = {}
-    for name, sources in doc["sources"].items():
-        ids, labels, offsets = (
-            np.load(entry / f"{name}.{kind}.npy") for kind in ("ids", "labels", "offsets")
-        )
-        if not (
-            ids.shape == labels.shape
-            and offsets.shape == (len(sources) + 1,)
-            and offsets[0] == 0
-            and offsets[-1] == len(ids)
-            and bool(np.all(np.diff(offsets) >= 0))
-        ):
-            raise ValueError(f"{name}: inconsistent arrays")
-        bounds = offsets.tolist()
-        ids_list, labels_list = ids.tolist(), labels.tolist()
-        splits[name] = Split(
-            [ids_list[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],
-            [labels_list[a:b] for a, b in zip(bounds, bounds[1:], strict=False)],
-            list(sources),
-        )
-    return splits, doc["meta"]

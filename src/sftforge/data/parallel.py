@@ -20,10 +20,9 @@ from itertools import chain, islice
 from multiprocessing import get_context
 from typing import Any
 
-# `dataset_num_proc: null` starts processes only for a training set at least this long: below it, spawning
+# `dataset_num_proc: auto` (or null) starts processes only for a split at least this long: below it, spawning
 # (~5 s of imports per worker) costs more than it saves.
 AUTO_PROCESSES_MIN_ROWS = 50_000
-AUTO_MAX_PROCESSES = 4
 
 
 def usable_cores() -> int:
@@ -34,13 +33,20 @@ def usable_cores() -> int:
 
 
 def auto_processes(rows: Iterable[Any]) -> tuple[int, Iterator[Any]]:
-    """How many processes `dataset_num_proc: null` means for these rows, and the rows again (the first
-    AUTO_PROCESSES_MIN_ROWS are read ahead to decide)."""
+    """How many processes `dataset_num_proc: auto` means for these rows — every usable core for a large split,
+    else this one — and the rows again (the first AUTO_PROCESSES_MIN_ROWS are read ahead to decide)."""
     it = iter(rows)
     head = list(islice(it, AUTO_PROCESSES_MIN_ROWS))
     cores = usable_cores()
     many = len(head) == AUTO_PROCESSES_MIN_ROWS and cores > 1
-    return (min(AUTO_MAX_PROCESSES, cores) if many else 1), chain(head, it)
+    return (cores if many else 1), chain(head, it)
+
+
+def resolve_processes(num_proc: int | str | None, rows: Iterable[Any]) -> tuple[int, Iterable[Any]]:
+    """`dataset_num_proc` → a process count (and the rows, unchanged): `auto`/None decide by size."""
+    if num_proc is None or num_proc == "auto":
+        return auto_processes(rows)
+    return max(1, int(num_proc)), rows
 
 
 def chunked(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -1,23 +1,36 @@
 """The data flow end to end: rows → Conversation → tokens + labels, with strict or lenient bad-row handling.
 
-Returns plain lists of examples plus the statistics the start-up summary prints.
+Training writes the examples into a memory-mapped token store (data/store.py), cached by fingerprint, as they are
+made; what comes back are views over it that read like lists of examples, plus the statistics the start-up summary
+prints.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from sftforge.config.schema import DataArguments
-from sftforge.data.cache import CacheStatus, Split, cache_root, fingerprint, load, store
+from sftforge.data.cache import (
+    CacheStatus,
+    cache_root,
+    commit_entry,
+    fingerprint,
+    new_entry,
+    open_entry,
+    scratch_folder,
+)
 from sftforge.data.encoding import overlappable
-from sftforge.data.parallel import auto_processes, chunked, run_chunks
+from sftforge.data.parallel import chunked, resolve_processes, run_chunks
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
 from sftforge.data.rows import (  # re-exported: the pipeline's public names
     ALWAYS_FATAL,
@@ -29,6 +42,7 @@ from sftforge.data.rows import (  # re-exported: the pipeline's public names
     tokenize_conversation,
     tokenize_row,
 )
+from sftforge.data.store import ExampleView, StoreWriter, TokenStore
 from sftforge.errors import DataError
 
 __all__ = [
@@ -45,7 +59,9 @@ __all__ = [
     "prepare_data",
     "process_row",
     "process_rows",
+    "holdout_positions",
     "split_holdout",
+    "write_examples",
     "tokenize_conversation",
     "tokenize_row",
 ]
@@ -74,8 +90,9 @@ class DataStats:
 
 @dataclass
 class PreparedData:
-    train: list[Example]
-    eval: list[Example]
+    # SFT: views over the token store (data/store.py) that read like lists of Examples; pretraining: blocks
+    train: Sequence[Any]
+    eval: Sequence[Any]
     train_stats: DataStats
     eval_stats: DataStats | None
     cache: CacheStatus | None = None  # what the tokenized cache did (None: not asked)
@@ -107,22 +124,48 @@ def build_examples(
     rows: Iterable[SourceRow],
     spec: TokenizeSpec,
     on_bad_rows: str,
-    num_proc: int | None,
+    num_proc: int | str | None,
     desc: str,
     *,
     max_bad_fraction: float = 1.0,
     split: str = "",
 ) -> tuple[list[Example], DataStats]:
-    """Rows → examples and their statistics. `on_bad_rows: error` stops at the first unusable row; `skip` drops
-    and counts it, and stops after all rows when more than `max_bad_fraction` of them were unusable (1.0: never).
-    `split` names the rows in that message ("train", "eval")."""
-    stats = DataStats()
+    """Rows → a list of examples and their statistics (small sets, tests; training writes a token store with
+    `write_examples`). `on_bad_rows: error` stops at the first unusable row; `skip` drops and counts it, and stops
+    after all rows when more than `max_bad_fraction` of them were unusable (1.0: never). `split` names the rows
+    in that message ("train", "eval")."""
     examples: list[Example] = []
+    stats = write_examples(
+        rows,
+        spec,
+        on_bad_rows,
+        num_proc,
+        desc,
+        examples.append,
+        max_bad_fraction=max_bad_fraction,
+        split=split,
+    )
+    return examples, stats
+
+
+def write_examples(
+    rows: Iterable[SourceRow],
+    spec: TokenizeSpec,
+    on_bad_rows: str,
+    num_proc: int | str | None,
+    desc: str,
+    emit: Callable[[Example], None],
+    *,
+    max_bad_fraction: float = 1.0,
+    split: str = "",
+) -> DataStats:
+    """`build_examples`, handing each example to `emit` (e.g. a token store's writer) as soon as it is made, in
+    data order, so nothing grows with the dataset."""
+    stats = DataStats()
     first_bad: dict[str, str] = {}  # reason → the first such row's message, to show in the too-many-bad error
-    if num_proc is None:
-        num_proc, rows = auto_processes(rows)
+    processes, rows = resolve_processes(num_proc, rows)
     batches = run_chunks(
-        process_rows, spec, chunked(rows, CHUNK_ROWS), num_proc, thread=overlappable(spec.tokenizer)
+        process_rows, spec, chunked(rows, CHUNK_ROWS), processes, thread=overlappable(spec.tokenizer)
     )
     results = (result for batch in batches for result in batch)
     try:
@@ -151,7 +194,7 @@ def build_examples(
             stats.kept += 1
             stats.formats[what] += 1
             for example, tok in pairs:
-                examples.append(example)
+                emit(example)
                 stats.methods[tok.method] += 1
                 stats.truncated += int(tok.truncated)
                 stats.tokens += len(example.input_ids)
@@ -160,7 +203,7 @@ def build_examples(
         batches.close()
     if on_bad_rows == "skip":
         check_bad_rows(stats, max_bad_fraction, split, first_bad)
-    return examples, stats
+    return stats
 
 
 def bad_rows(stats: DataStats) -> Counter:
@@ -193,43 +236,68 @@ def check_bad_rows(
 
 
 def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
-    """Read, convert, tokenize and split — or load all that from the tokenized cache when nothing it depends on
-    changed. An empty training set is always an error."""
+    """Read, convert and tokenize into a token store — or open the stored one from the cache when nothing it
+    depends on changed — then take the held-out split. An empty training set is always an error."""
     if not data.preprocessing_cache:
-        prepared = _prepare_data(data, spec, seed)
+        folder = scratch_folder()
+        prepared = _open(folder, _tokenize_into(folder, data, spec), data, seed)
         prepared.cache = CacheStatus("off")
         return prepared
     started = time.perf_counter()
     root = cache_root(data.cache_dir)
     key = fingerprint(data, spec, seed)
-    found = load(root, key)
+    found = open_entry(root, key)
     if found is not None:
-        prepared = _from_cache(*found, CacheStatus("hit", key, time.perf_counter() - started))
+        folder, doc = found
+        prepared = _open(folder, _stats_from(doc), data, seed)
+        prepared.cache = CacheStatus("hit", key, time.perf_counter() - started)
         if data.on_bad_rows == "skip":  # the threshold is no cache input: check the cached counts against it
             check_bad_rows(prepared.train_stats, data.max_bad_row_fraction, "train")
             if prepared.eval_stats is not None:
                 check_bad_rows(prepared.eval_stats, data.max_bad_row_fraction, "eval")
         return prepared
-    prepared = _prepare_data(data, spec, seed)
     try:
-        store(root, key, *_to_cache(prepared))
-        prepared.cache = CacheStatus("stored", key, note=str(root))
+        tmp = new_entry(root, key)
     except OSError as e:  # a read-only or full disk costs the next run time, not this one
-        prepared.cache = CacheStatus("miss", key, note=f"cannot write {root}: {e.strerror or e}")
+        return _uncached(
+            data, spec, seed, CacheStatus("miss", key, note=f"cannot write {root}: {e.strerror or e}")
+        )
+    try:
+        written = _tokenize_into(tmp, data, spec)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        folder = commit_entry(tmp, root, key, written.splits, _stats_doc(written))
+        status = CacheStatus("stored", key, note=str(root))
     except Exception as e:  # noqa: BLE001 — nor does anything else that goes wrong while storing
-        prepared.cache = CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return _uncached(
+            data, spec, seed, CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
+        )
+    prepared = _open(folder, written, data, seed)
+    prepared.cache = status
     return prepared
 
 
-def _to_cache(prepared: PreparedData) -> tuple[dict[str, Split], dict[str, Any]]:
-    splits = {
-        name: Split(
-            [e.input_ids for e in examples], [e.labels for e in examples], [e.source for e in examples]
-        )
-        for name, examples in (("train", prepared.train), ("eval", prepared.eval))
-    }
-    stats = {"train": _plain_stats(prepared.train_stats), "eval": _plain_stats(prepared.eval_stats)}
-    return splits, stats
+def _uncached(data: DataArguments, spec: TokenizeSpec, seed: int, status: CacheStatus) -> PreparedData:
+    folder = scratch_folder()
+    prepared = _open(folder, _tokenize_into(folder, data, spec), data, seed)
+    prepared.cache = status
+    return prepared
+
+
+@dataclass
+class _Written:
+    """What tokenizing wrote into a store folder: per split its sizes and checksums, and the statistics."""
+
+    splits: dict[str, dict[str, Any]]
+    train_stats: DataStats
+    eval_stats: DataStats | None
+
+
+def _stats_doc(written: _Written) -> dict[str, Any]:
+    return {"train": _plain_stats(written.train_stats), "eval": _plain_stats(written.eval_stats)}
 
 
 def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
@@ -240,41 +308,30 @@ def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
 _COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
 
 
-def _from_cache(splits: dict[str, Split], stats: dict[str, Any], status: CacheStatus) -> PreparedData:
-    def examples(name: str) -> list[Example]:
-        split = splits[name]
-        return [Example(*parts) for parts in zip(split.input_ids, split.labels, split.sources, strict=True)]
-
-    def data_stats(doc: dict[str, Any] | None) -> DataStats | None:
-        if doc is None:
-            return None
-        counters = {k: Counter(doc.get(k, {})) for k in _COUNTERS}
-        return DataStats(**{**doc, **counters})
-
-    train_stats = data_stats(stats["train"])
-    assert train_stats is not None
-    return PreparedData(examples("train"), examples("eval"), train_stats, data_stats(stats["eval"]), status)
+def _data_stats(doc: dict[str, Any] | None) -> DataStats | None:
+    if doc is None:
+        return None
+    counters = {k: Counter(doc.get(k, {})) for k in _COUNTERS}
+    return DataStats(**{**doc, **counters})
 
 
-def _prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
+def _stats_from(doc: dict[str, Any]) -> _Written:
+    train = _data_stats(doc["meta"]["train"])
+    assert train is not None
+    return _Written(doc["splits"], train, _data_stats(doc["meta"]["eval"]))
+
+
+def _tokenize_into(folder: Path, data: DataArguments, spec: TokenizeSpec) -> _Written:
+    """Tokenize the training (and eval) rows into a token store in `folder`, example by example."""
     if data.train_data_path:
         train_rows: Iterable[SourceRow] = _rows_from_files(data.train_data_path, "train_data_path")
     else:
         train_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_train_split)
-    train, train_stats = build_examples(
-        _take(train_rows, data.max_samples),
-        spec,
-        data.on_bad_rows,
-        data.dataset_num_proc,
-        "Tokenizing train",
-        max_bad_fraction=data.max_bad_row_fraction,
-        split="train",
-    )
-    if not train:
+    splits: dict[str, dict[str, Any]] = {}
+    train_stats = _write_split(folder, "train", _take(train_rows, data.max_samples), data, spec, splits)
+    if not splits["train"]["examples"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in train_stats.dropped.most_common()) or "no rows were read"
         raise DataError(f"the training set is empty after preprocessing ({reasons}).")
-
-    eval_examples: list[Example] = []
     eval_stats: DataStats | None = None
     eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
@@ -282,26 +339,64 @@ def _prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> Prepare
     elif data.dataset_name and data.dataset_test_split:
         eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
     if eval_rows is not None:
-        eval_examples, eval_stats = build_examples(
-            eval_rows,
+        eval_stats = _write_split(folder, "eval", eval_rows, data, spec, splits)
+    return _Written(splits, train_stats, eval_stats)
+
+
+def _write_split(
+    folder: Path,
+    split: str,
+    rows: Iterable[SourceRow],
+    data: DataArguments,
+    spec: TokenizeSpec,
+    splits: dict[str, dict[str, Any]],
+) -> DataStats:
+    writer = StoreWriter(folder, split)
+    try:
+        stats = write_examples(
+            rows,
             spec,
             data.on_bad_rows,
             data.dataset_num_proc,
-            "Tokenizing eval",
+            f"Tokenizing {split}",
+            lambda e: writer.add(e.input_ids, e.labels, e.source),
             max_bad_fraction=data.max_bad_row_fraction,
-            split="eval",
+            split=split,
         )
+    except BaseException:
+        writer.abort()
+        raise
+    splits[split] = writer.close()
+    return stats
+
+
+def _open(folder: Path, written: _Written, data: DataArguments, seed: int) -> PreparedData:
+    """The training and eval views over a written store (the held-out split is taken here, by index)."""
+    train = ExampleView.of(TokenStore(folder, "train", written.splits["train"]))
+    evaluation = ExampleView.empty()
+    if "eval" in written.splits:
+        evaluation = ExampleView.of(TokenStore(folder, "eval", written.splits["eval"]))
     elif data.eval_split_ratio > 0:
-        train, eval_examples = split_holdout(train, data.eval_split_ratio, seed)
-    return PreparedData(train, eval_examples, train_stats, eval_stats)
+        kept, held = holdout_positions(len(train), data.eval_split_ratio, seed)
+        train, evaluation = train.subset(kept), train.subset(held)
+    return PreparedData(train, evaluation, written.train_stats, written.eval_stats)
+
+
+def holdout_positions(n: int, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic shuffle-split of n positions: (kept, held out), both in data order; at least one on each
+    side when n > 1."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(1, round(n * ratio)), n - 1)
+    if n_eval <= 0:
+        return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    held = np.sort(np.asarray(order[:n_eval], dtype=np.int64))
+    kept = np.ones(n, dtype=bool)
+    kept[held] = False
+    return np.flatnonzero(kept).astype(np.int64), held
 
 
 def split_holdout(examples: list[Example], ratio: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic shuffle-split; at least one example on each side."""
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(max(1, round(len(examples) * ratio)), len(examples) - 1)
-    if n_eval <= 0:
-        return examples, []
-    held = set(order[:n_eval])
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+    """Deterministic shuffle-split of a list; at least one example on each side."""
+    kept, held = holdout_positions(len(examples), ratio, seed)
+    return [examples[i] for i in kept.tolist()], [examples[i] for i in held.tolist()]

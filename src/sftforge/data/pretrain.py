@@ -8,21 +8,31 @@ or, with `pack: false`, one row per document cut at `max_length`. A held-out spl
 
 from __future__ import annotations
 
-import random
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from sftforge.config.schema import DataArguments
-from sftforge.data.blocks import BlockStats, build_blocks, truncate_documents
-from sftforge.data.cache import CacheStatus, Split, cache_root, load, pretrain_fingerprint, store
+from sftforge.data.blocks import BlockStats, BlockView
+from sftforge.data.cache import (
+    CacheStatus,
+    cache_root,
+    commit_entry,
+    new_entry,
+    open_entry,
+    pretrain_fingerprint,
+    scratch_folder,
+)
 from sftforge.data.formats import detect_format
-from sftforge.data.pipeline import DataStats, PreparedData, check_bad_rows
+from sftforge.data.pipeline import DataStats, PreparedData, check_bad_rows, holdout_positions
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
+from sftforge.data.store import ExampleView, StoreWriter, TokenStore
 from sftforge.errors import DataError, RowError
 
 TOKENIZE_BATCH = 512  # documents per tokenizer call
@@ -107,11 +117,28 @@ def tokenize_documents(
     rows: Iterable[SourceRow], tokenizer: Any, data: DataArguments, desc: str
 ) -> tuple[list[list[int]], list[str], DataStats]:
     """Documents → token ids, each ending with eos (added when the tokenizer did not put it there), and their
-    sources. Bad rows follow on_bad_rows; empty documents are dropped and counted (not a mistake)."""
-    eos = tokenizer.eos_token_id
-    stats = DataStats()
+    sources, as lists (small corpora, tests; training writes them to a token store with `write_documents`)."""
     docs: list[list[int]] = []
     sources: list[str] = []
+
+    def keep(ids: list[int], source: str) -> None:
+        docs.append(ids)
+        sources.append(source)
+
+    return docs, sources, write_documents(rows, tokenizer, data, desc, keep)
+
+
+def write_documents(
+    rows: Iterable[SourceRow],
+    tokenizer: Any,
+    data: DataArguments,
+    desc: str,
+    emit: Callable[[list[int], str], None],
+) -> DataStats:
+    """Tokenize documents in batches, handing each (ids ending with eos, source) to `emit` in data order. Bad rows
+    follow on_bad_rows; empty documents are dropped and counted (not a mistake)."""
+    eos = tokenizer.eos_token_id
+    stats = DataStats()
     first_bad: dict[str, str] = {}
     texts: list[str] = []
     names: list[str] = []
@@ -121,11 +148,10 @@ def tokenize_documents(
             return
         # add_special_tokens: what the tokenizer puts around a text by itself (Llama's BOS), as run_clm.py
         encoded = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        for ids in encoded:
+        for ids, name in zip(encoded, names, strict=True):
             if eos is not None and (not ids or ids[-1] != eos):
                 ids.append(eos)
-            docs.append(ids)
-        sources.extend(names)
+            emit(ids, name)
         texts.clear()
         names.clear()
 
@@ -154,19 +180,7 @@ def tokenize_documents(
     flush()
     if data.on_bad_rows == "skip":
         check_bad_rows(stats, data.max_bad_row_fraction, desc.split()[-1].lower(), first_bad)
-    return docs, sources, stats
-
-
-def _to_rows(docs: list[list[int]], sources: list[str], data: DataArguments) -> tuple[list[Any], BlockStats]:
-    if data.packing:
-        return build_blocks(
-            docs,
-            data.max_length,
-            drop_last=data.drop_last_block,
-            isolate=data.document_isolation,
-            sources=sources,
-        )
-    return truncate_documents(docs, data.max_length, sources)
+    return stats
 
 
 def _fill_stats(stats: DataStats, blocks: BlockStats) -> None:
@@ -176,35 +190,60 @@ def _fill_stats(stats: DataStats, blocks: BlockStats) -> None:
 
 @dataclass
 class Corpus:
-    """The tokenized documents (each ending with eos) and their sources, per split: what the cache keeps."""
+    """The tokenized documents (each ending with eos), per split, in a token store: views of them, their
+    statistics, and what the cache keeps about them."""
 
-    docs: list[list[int]]
-    sources: list[str]
+    docs: ExampleView
     stats: DataStats
-    eval_docs: list[list[int]] | None = None  # None: no eval data given (a hold-out may still be taken)
-    eval_sources: list[str] = field(default_factory=list)
+    eval_docs: ExampleView | None = None  # None: no eval data given (a hold-out may still be taken)
     eval_stats: DataStats | None = None
 
 
-def tokenize_corpus(data: DataArguments, tokenizer: Any) -> Corpus:
-    """Read and tokenize the training (and eval) documents. An empty training corpus is an error."""
-    docs, sources, stats = tokenize_documents(
-        _take(_train_rows(data), data.max_samples), tokenizer, data, "Tokenizing train"
-    )
-    if not docs:
+def _write_corpus(folder: Path, data: DataArguments, tokenizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tokenize the training (and eval) documents into a store in `folder`: (split sizes, statistics)."""
+    splits: dict[str, Any] = {}
+    meta: dict[str, Any] = {"eval": None, "has_eval": False}
+
+    def write(split: str, rows: Iterable[SourceRow], desc: str) -> DataStats:
+        writer = StoreWriter(folder, split)
+        try:
+            stats = write_documents(rows, tokenizer, data, desc, lambda ids, src: writer.add(ids, ids, src))
+        except BaseException:
+            writer.abort()
+            raise
+        splits[split] = writer.close()
+        return stats
+
+    stats = write("train", _take(_train_rows(data), data.max_samples), "Tokenizing train")
+    if not splits["train"]["examples"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in stats.dropped.most_common()) or "no rows were read"
         raise DataError(f"the training corpus is empty after reading ({reasons}).")
-    corpus = Corpus(docs, sources, stats)
+    meta["train"] = _plain(stats)
     eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
         eval_rows = _rows_from_files(data.eval_data_path, "eval_data_path", data)
     elif data.dataset_name and data.dataset_test_split:
         eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
     if eval_rows is not None:
-        corpus.eval_docs, corpus.eval_sources, corpus.eval_stats = tokenize_documents(
-            eval_rows, tokenizer, data, "Tokenizing eval"
-        )
+        meta["eval"], meta["has_eval"] = _plain(write("eval", eval_rows, "Tokenizing eval")), True
+    return splits, meta
+
+
+def _open_corpus(folder: Path, splits: dict[str, Any], meta: dict[str, Any]) -> Corpus:
+    stats = _stats(meta["train"])
+    assert stats is not None
+    corpus = Corpus(ExampleView.of(TokenStore(folder, "train", splits["train"])), stats)
+    if meta["has_eval"]:
+        corpus.eval_docs = ExampleView.of(TokenStore(folder, "eval", splits["eval"]))
+        corpus.eval_stats = _stats(meta["eval"])
     return corpus
+
+
+def tokenize_corpus(data: DataArguments, tokenizer: Any) -> Corpus:
+    """Read and tokenize the training (and eval) documents into a private store. An empty training corpus is an
+    error."""
+    folder = scratch_folder()
+    return _open_corpus(folder, *_write_corpus(folder, data, tokenizer))
 
 
 def cached_corpus(data: DataArguments, tokenizer: Any) -> tuple[Corpus, CacheStatus]:
@@ -216,41 +255,31 @@ def cached_corpus(data: DataArguments, tokenizer: Any) -> tuple[Corpus, CacheSta
     started = time.perf_counter()
     root = cache_root(data.cache_dir)
     key = pretrain_fingerprint(data, tokenizer)
-    found = load(root, key)
+    found = open_entry(root, key)
     if found is not None:
-        splits, meta = found
-        train, held = splits["train"], splits["eval"]
-        corpus = Corpus(train.input_ids, train.sources, _stats(meta["train"]))
-        if meta["has_eval"]:
-            corpus.eval_docs, corpus.eval_sources, corpus.eval_stats = (
-                held.input_ids,
-                held.sources,
-                _stats(meta["eval"]),
-            )
+        folder, doc = found
+        corpus = _open_corpus(folder, doc["splits"], doc["meta"])
         if data.on_bad_rows == "skip":  # the threshold is no cache input: check the cached counts against it
             check_bad_rows(corpus.stats, data.max_bad_row_fraction, "train")
         return corpus, CacheStatus("hit", key, time.perf_counter() - started)
-    corpus = tokenize_corpus(data, tokenizer)
-    eval_docs = corpus.eval_docs or []
-    splits = {
-        "train": Split(
-            corpus.docs, corpus.docs, corpus.sources
-        ),  # labels = ids: the cache's layout wants both
-        "eval": Split(eval_docs, eval_docs, corpus.eval_sources),
-    }
-    meta = {
-        "train": _plain(corpus.stats),
-        "eval": _plain(corpus.eval_stats),
-        "has_eval": corpus.eval_docs is not None,
-    }
     try:
-        store(root, key, splits, meta)
-        status = CacheStatus("stored", key, note=str(root))
+        tmp = new_entry(root, key)
     except OSError as e:  # a read-only or full disk costs the next run time, not this one
-        status = CacheStatus("miss", key, note=f"cannot write {root}: {e.strerror or e}")
+        return tokenize_corpus(data, tokenizer), CacheStatus(
+            "miss", key, note=f"cannot write {root}: {e.strerror or e}"
+        )
+    try:
+        splits, meta = _write_corpus(tmp, data, tokenizer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        folder = commit_entry(tmp, root, key, splits, meta)
     except Exception as e:  # noqa: BLE001 — nor does anything else that goes wrong while storing
+        shutil.rmtree(tmp, ignore_errors=True)
         status = CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
-    return corpus, status
+        return tokenize_corpus(data, tokenizer), status
+    return _open_corpus(folder, splits, meta), CacheStatus("stored", key, note=str(root))
 
 
 _COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
@@ -266,38 +295,38 @@ def _stats(doc: dict[str, Any] | None) -> DataStats | None:
     return DataStats(**{**doc, **{k: Counter(doc.get(k, {})) for k in _COUNTERS}})
 
 
+def _blocks(docs: ExampleView, data: DataArguments) -> BlockView:
+    return BlockView(
+        docs,
+        data.max_length,
+        packing=bool(data.packing),
+        drop_last=data.drop_last_block,
+        isolate=data.document_isolation,
+    )
+
+
 def prepare_pretrain_data(data: DataArguments, tokenizer: Any, seed: int) -> PreparedData:
-    """Tokenize the documents (or load them from the cache), hold some out when asked, and build the blocks."""
+    """Tokenize the documents (or load them from the cache), hold some out when asked, and lay the blocks over
+    them (data/blocks.py `BlockView`: read from the store when the trainer asks)."""
     corpus, cache = cached_corpus(data, tokenizer)
-    docs, sources, train_stats = corpus.docs, corpus.sources, corpus.stats
-    eval_docs, eval_sources, eval_stats = corpus.eval_docs or [], corpus.eval_sources, corpus.eval_stats
-    if corpus.eval_docs is None and data.eval_split_ratio > 0 and len(docs) > 1:
-        held = _holdout(len(docs), data.eval_split_ratio, seed)
-        eval_docs = [docs[i] for i in sorted(held)]
-        eval_sources = [sources[i] for i in sorted(held)]
-        docs = [d for i, d in enumerate(docs) if i not in held]
-        sources = [s for i, s in enumerate(sources) if i not in held]
-    train, blocks = _to_rows(docs, sources, data)
-    _fill_stats(train_stats, blocks)
-    evaluation: list[Any] = []
-    if eval_docs:
-        evaluation, eval_blocks = _to_rows(eval_docs, eval_sources, data)
+    docs, train_stats = corpus.docs, corpus.stats
+    eval_docs, eval_stats = corpus.eval_docs, corpus.eval_stats
+    if eval_docs is None and data.eval_split_ratio > 0 and len(docs) > 1:
+        kept, held = holdout_positions(len(docs), data.eval_split_ratio, seed)
+        docs, eval_docs = docs.subset(kept), docs.subset(held)
+    train = _blocks(docs, data)
+    _fill_stats(train_stats, train.stats)
+    evaluation: Any = []
+    if eval_docs is not None and len(eval_docs):
+        evaluation = _blocks(eval_docs, data)
         if eval_stats is not None:
-            _fill_stats(eval_stats, eval_blocks)
-    if not train:
+            _fill_stats(eval_stats, evaluation.stats)
+    if not len(train):
         raise DataError(
-            f"no training block: the corpus has {blocks.corpus_tokens} tokens, fewer than max_length="
+            f"no training block: the corpus has {train.stats.corpus_tokens} tokens, fewer than max_length="
             f"{data.max_length}, and drop_last_block drops the short block; lower max_length or keep the block."
         )
-    return PreparedData(train, evaluation, train_stats, eval_stats, cache, blocks=blocks)
-
-
-def _holdout(n: int, ratio: float, seed: int) -> set[int]:
-    """Deterministic shuffle-split over documents, at least one on each side (as pipeline.split_holdout)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_eval = min(max(1, round(n * ratio)), n - 1)
-    return set(order[:n_eval])
+    return PreparedData(train, evaluation, train_stats, eval_stats, cache, blocks=train.stats)
 
 
 def coverage_metrics(blocks: BlockStats) -> dict[str, Any]:
@@ -308,7 +337,7 @@ def coverage_metrics(blocks: BlockStats) -> dict[str, Any]:
         "dropped_tokens": blocks.dropped_tokens,
         "corpus_coverage": round(blocks.coverage, 6),
         "documents": blocks.documents,
-        "blocks": len(blocks.lengths),
+        "blocks": blocks.blocks,
     }
 
 

@@ -14,9 +14,10 @@ from transformers import set_seed
 from sftforge.config import SFTConfig, dump_config
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
-from sftforge.data.packing import pack_examples, packing_efficiency
+from sftforge.data.packing import pack_lengths
 from sftforge.data.pipeline import PreparedData, TokenizeSpec, prepare_data
 from sftforge.data.pretrain import coverage_metrics, prepare_pretrain_data, resolve_stage
+from sftforge.data.train_sets import ExampleDataset, PackedDataset
 from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
@@ -94,8 +95,7 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 
 
 def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
-    train = [{**e.as_features(), "sources": [e.source]} for e in data.train]
-    evaluation = [e.as_features() for e in data.eval] or None
+    train, evaluation = training_sets(data)
     packing_s, fill = 0.0, None
     pretraining = cfg.data.stage == "pt"
     if pretraining and cfg.data.packing and cfg.data.document_isolation:
@@ -107,8 +107,9 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         collator = PaddingCollator(bundle.tokenizer.pad_token_id, 8 if _on_gpu() else None)
     elif cfg.data.packing:
         started = time.perf_counter()
-        train = pack_examples(train, cfg.data.max_length)
-        packing_s, fill = time.perf_counter() - started, packing_efficiency(train, cfg.data.max_length)
+        # Rows of example indices over the token store: packing reads lengths only, never tokens
+        train = PackedDataset(data.train, pack_lengths(data.train.lengths, cfg.data.max_length))
+        packing_s, fill = time.perf_counter() - started, train.fill(cfg.data.max_length)
         backend = packed_attention_backend(cfg.model.attn_implementation)
         model.set_attn_implementation(backend)
         # The bucket layout is for sftforge_varlen; flash-attn needs only cu_seq_lens
@@ -130,6 +131,13 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
     trainer.stop_ids = bundle.end_of_turn_ids  # eval_generation: answers end where trained turns end
     trainer.packing_s, trainer.packing_fill = packing_s, fill  # reported with the preprocessing figures
     return trainer
+
+
+def training_sets(data: PreparedData) -> tuple[Any, Any]:
+    """The datasets the Trainer iterates, read from the token store on demand: examples (SFT) or blocks
+    (pretraining)."""
+    evaluation = ExampleDataset(data.eval, sources=False) if len(data.eval) else None
+    return ExampleDataset(data.train), evaluation
 
 
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
@@ -190,7 +198,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["train_loss_last"] = next(
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
     )
-    if data.eval:
+    if len(data.eval):
         metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
     metrics["wall_time_s"] = round(time.time() - started, 2)

@@ -136,9 +136,14 @@ def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
         ]
     from sftforge.data.packing import packing_efficiency
 
+    fill = (
+        rows.fill(cfg.data.max_length)
+        if hasattr(rows, "fill")
+        else packing_efficiency(rows, cfg.data.max_length)
+    )
     return [
         f" packing      {len(rows)} rows of ≤{cfg.data.max_length} tokens from {len(data.train)} examples "
-        f"({100 * packing_efficiency(rows, cfg.data.max_length):.1f}% full); padding-free batches, samples "
+        f"({100 * fill:.1f}% full); padding-free batches, samples "
         f"isolated by {model.config._attn_implementation}"
     ]
 

@@ -41,6 +41,23 @@ class SFTTrainer(Trainer):
     moe_model = False  # an MoE model: its own per-forward aux addition is switched off while training
     stop_ids: list[int] = []  # end-of-turn ids (set by the run): eval_generation stops answers on them
 
+    # ------------------------------------------------------------------ sampling
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        # The stock length-grouped sampler measures every example by reading it; the token store's datasets
+        # (data/train_sets.py) know their lengths already.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                dataset=dataset,
+                lengths=lengths.tolist(),
+            )
+        return super()._get_train_sampler(train_dataset)
+
     # ------------------------------------------------------------------ training steps
 
     def train(self, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,63 @@
+"""What the Trainer iterates: examples or packed rows, read from the token store when asked for.
+
+Both are map-style datasets with a `lengths` array, so the length-grouped sampler needs no pass over the data, and
+both hold only index arrays: DataLoader workers (forked) share the memory-mapped store instead of copying lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from sftforge.data.packing import PackedRows
+from sftforge.data.store import ExampleView
+
+
+class ExampleDataset(Dataset):
+    """One training row per example (an `ExampleView`) or pretraining block (a `blocks.BlockView`):
+    {input_ids, labels} (+ `sources`: its `file:line`; + `seq_lens`: a block's documents)."""
+
+    def __init__(self, view: Any, sources: bool = True) -> None:
+        self.view, self.with_sources = view, sources
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.view.features(int(i), self.with_sources)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.view.lengths
+
+
+class PackedDataset(Dataset):
+    """One training row per packed bin: its examples' tokens one after another, `seq_lens` the boundaries."""
+
+    def __init__(self, view: ExampleView, rows: PackedRows, sources: bool = True) -> None:
+        self.view, self.rows, self.with_sources = view, rows, sources
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, r: int) -> dict[str, Any]:
+        members = self.rows.row(int(r)).tolist()
+        ids = np.concatenate([self.view.token_ids(i) for i in members])
+        labels = np.concatenate([self.view.labels(i) for i in members])
+        row: dict[str, Any] = {
+            "input_ids": ids.tolist(),
+            "labels": labels.tolist(),
+            "seq_lens": [int(self.view.lengths[i]) for i in members],
+        }
+        if self.with_sources:
+            row["sources"] = [self.view.source(i) for i in members]
+        return row
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.rows.totals
+
+    def fill(self, capacity: int) -> float:
+        return self.rows.fill(capacity)
