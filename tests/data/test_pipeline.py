@@ -500,3 +500,33 @@ def test_dataset_name_can_be_a_saved_datasets_folder_with_test_split(
     assert len(data.train) == 6 and len(data.eval) == 2
     assert data.train[0].source == f"{folder}[train]#0" and data.eval[1].source == f"{folder}[test]#1"
     assert data.train_stats.formats == {"messages": 6}
+
+
+@pytest.mark.parametrize("on_bad_rows", ["error", "skip"])
+def test_json_array_broken_after_many_rows_stops_the_run(
+    tmp_path: Path, spec: TokenizeSpec, on_bad_rows: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader yields an array's rows as it parses; a syntax error far into the file still stops the run
+    with file:line:col (rows before it were already tokenized, nothing is kept or cached)."""
+    from sftforge.data import readers
+
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 256)  # many blocks: rows are yielded before the error is seen
+    path = tmp_path / "train.json"
+    path.write_text(
+        "[\n" + "".join(json.dumps(good(i)) + ",\n" for i in range(200)) + json.dumps(good(200)) + "\n"
+    )
+    seen: list[str] = []
+
+    def rows() -> Any:
+        for row in iter_rows(path):
+            seen.append(row.source)
+            yield row
+
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}:203:1: invalid JSON: Expecting ',' delimiter"
+    ):
+        build_examples(rows(), spec, on_bad_rows, None, "test")
+    assert len(seen) == 201  # every row was read before the error
+    args = data_args(train_data_path=[str(path)], on_bad_rows=on_bad_rows)
+    with pytest.raises(DataError, match=rf"^train_data_path: {re.escape(str(path))}:203:1: invalid JSON"):
+        prepare_data(args, spec, seed=0)

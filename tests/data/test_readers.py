@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
+from sftforge.data import readers
 from sftforge.data.readers import (
     SUPPORTED_EXTENSIONS,
     SourceRow,
     iter_dataset_rows,
+    iter_jsonl_range,
     iter_rows,
     resolve_data_files,
+    split_jsonl,
 )
 from sftforge.errors import DataError
 
@@ -198,6 +202,91 @@ def test_json_non_utf8_file(tmp_path: Path) -> None:
         list(iter_rows(f))
 
 
+def test_json_second_bom_is_named(tmp_path: Path) -> None:
+    f = write(tmp_path / "d.json", b"\xef\xbb\xbf\xef\xbb\xbf{}")
+    with pytest.raises(DataError, match=r"d\.json:1:1: invalid JSON: Unexpected UTF-8 BOM"):
+        list(iter_rows(f))
+
+
+# Tiny blocks cut every value, string, escape, number and line break of these files somewhere.
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64])
+def test_json_read_in_blocks_gives_the_same_rows(
+    tmp_path: Path, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [
+        {"text": "a"},
+        -1.5e3,
+        {"t": "caf\u00e9 😀 中文", "n": [1, 2.25, None]},
+        123456789,
+        "s",
+        {},
+    ]
+    text = (
+        "\ufeff[\r\n"
+        + ",\n  ".join(json.dumps(i, ensure_ascii=k % 2 == 0) for k, i in enumerate(items))
+        + "\n]\n"
+    )
+    f = write(tmp_path / "d.json", text)
+    whole = list(iter_rows(f))
+    monkeypatch.setattr(readers, "BLOCK_BYTES", block)
+    assert [(r.row, r.source) for r in iter_rows(f)] == [(r.row, r.source) for r in whole]
+    assert [r.row for r in whole] == items
+    assert [r.source for r in whole][:3] == [f"{f}:2 (item 0)", f"{f}:3 (item 1)", f"{f}:4 (item 2)"]
+    # single objects, numbers and the JSON Lines fallback too
+    for text, rows in [
+        ("\n  -12.5e1 ", [(-125.0, f"{f}:2")]),
+        (json.dumps(ROW, indent=2), [(ROW, f"{f}:1")]),
+        ('{"text": "a"}\r\n\r\n{"text": "b"}', [({"text": "a"}, f"{f}:1"), ({"text": "b"}, f"{f}:3")]),
+    ]:
+        write(f, text)
+        assert [(r.row, r.source) for r in iter_rows(f)] == rows
+
+
+@pytest.mark.parametrize("block", [1, 5, 1 << 20])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[\n  {"text": "a"},\n  {"text": "b",}\n]', r":3:16: invalid JSON: Expecting property name"),
+        ('[\n  {"text": "a"}\n  {"text": "b"}\n]', r":3:3: invalid JSON: Expecting ',' delimiter"),
+        ('[\n  {"text": "a"},\n  ]', r":3:3: invalid JSON: (Expecting value|Illegal trailing comma)"),
+        ('[\n  {"text": "a"},\n  {"text": "b\n"}]', r":3:14: invalid JSON: Invalid control character"),
+        ('[\n  {"text": "a"}', r":2:16: invalid JSON: Expecting ',' delimiter"),
+        ('[{"text": "a"}] x', r":1:17: invalid JSON: Extra data"),
+        ('{"text": "a"} x', r":1:15: invalid JSON: Extra data"),
+    ],
+)
+def test_json_errors_are_the_same_in_blocks(
+    tmp_path: Path, block: int, text: str, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "BLOCK_BYTES", block)
+    f = write(tmp_path / "d.json", text)
+    with pytest.raises(DataError, match=r"d\.json" + where):
+        list(iter_rows(f))
+
+
+def test_json_array_error_after_rows_is_raised_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows before a syntax error far into the file are yielded (nothing holds the file); the error follows."""
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 64)
+    f = write(tmp_path / "d.json", "[\n" + '{"text": "a"},\n' * 50 + '{"text": "b"}\n{"text": "c"}]')
+    rows = iter_rows(f)
+    assert [next(rows).source for _ in range(3)] == [f"{f}:{i} (item {i - 2})" for i in (2, 3, 4)]
+    with pytest.raises(DataError, match=r"d\.json:53:1: invalid JSON: Expecting ',' delimiter"):
+        list(rows)
+
+
+def test_json_non_utf8_file_names_the_line_of_the_bad_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 4)
+    f = write(tmp_path / "d.json", b'\xef\xbb\xbf[\n{"text": "a"},\n{"text": "\xe4\xb8"}]')
+    with pytest.raises(
+        DataError, match=r"d\.json:3: the file is not valid UTF-8 \(invalid continuation byte\)"
+    ):
+        list(iter_rows(f))
+
+
 # --- CSV and parquet ------------------------------------------------------------------------------------------
 
 
@@ -244,6 +333,123 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     f = write(tmp_path / "d.parquet", b"not parquet at all")
     with pytest.raises(DataError, match="cannot read the parquet file"):
         list(iter_rows(f))
+
+
+def test_csv_and_txt_read_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    csv_text = '\ufeffinstruction,output\r\nAdd,"1,\r\n2"\r\n\r\nSay,hi\r\n'
+    txt_text = "\ufeffone\r\ntwo\r\n\r\n\rthree\u2028four\n\n"
+    c, t = write(tmp_path / "d.csv", csv_text), write(tmp_path / "d.txt", txt_text)
+    wanted = {
+        (c, "line"): [
+            ({"instruction": "Add", "output": "1,\r\n2"}, f"{c}:2"),
+            ({"instruction": "Say", "output": "hi"}, f"{c}:5"),
+        ],
+        (t, "line"): [
+            ({"text": w}, f"{t}:{n}") for w, n in [("one", 1), ("two", 2), ("three", 5), ("four", 6)]
+        ],
+        (t, "blank_line"): [({"text": "one\ntwo"}, f"{t}:1"), ({"text": "three\nfour"}, f"{t}:5")],
+        (t, "file"): [({"text": txt_text[1:]}, f"{t}:1")],
+    }
+    for block in (1, 2, 3, 1 << 20):
+        monkeypatch.setattr(readers, "BLOCK_BYTES", block)
+        for (path, documents), rows in wanted.items():
+            assert [(r.row, r.source) for r in iter_rows(path, txt_documents=documents)] == rows
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.txt"])
+def test_csv_and_txt_non_utf8_names_the_line(tmp_path: Path, name: str) -> None:
+    f = write(tmp_path / name, b"a,b\n1,2\ncaf\xe9,3\n")
+    with pytest.raises(DataError, match=r"d\.\w+:3: the file is not valid UTF-8"):
+        list(iter_rows(f))
+
+
+def test_txt_blank_file_is_a_data_error(tmp_path: Path) -> None:
+    f = write(tmp_path / "d.txt", " \n\u2028\n")
+    for documents in ("line", "blank_line", "file"):
+        with pytest.raises(DataError, match=r"d\.txt: the file is empty \(no text\)"):
+            list(iter_rows(f, txt_documents=documents))
+
+
+# --- byte ranges of one .jsonl file -----------------------------------------------------------------------------
+
+JSONL_CASES = {
+    "plain": b'{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n',
+    "bom_crlf_blank_no_final_newline": b'\xef\xbb\xbf{"text": "a"}\r\n\r\n{"text": "b"}\r\n  \r\n{"text": "c"}\r\n{"text": "d"}',
+    "cr_only_and_bad_rows": b'{"text": "a"}\r{"text": \r\r7\r{"text": "caf\xe9"}\n\n{"text": "e"}\r',
+    "long_lines": b"\n".join(json.dumps({"text": "x" * n}).encode() for n in (300, 1, 900, 5, 40)),
+}
+
+
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+def test_jsonl_ranges_together_give_the_file_rows(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = write(tmp_path / "d.jsonl", JSONL_CASES[case])
+
+    def key(rows: list[SourceRow]) -> list[tuple]:
+        return [(r.row, r.source, r.error and (r.error.reason, r.error.detail)) for r in rows]
+
+    whole = key(list(iter_rows(f)))
+    assert len(whole) >= 3
+    size = f.stat().st_size
+    for block in (3, 1 << 20):
+        monkeypatch.setattr(readers, "BLOCK_BYTES", block)
+        assert key(list(iter_rows(f))) == whole
+        for parts in (1, 2, 3, 5, 16, size + 3):
+            ranges = split_jsonl(f, parts)
+            assert len(ranges) == parts and ranges[0][0] == 0 and ranges[-1][1] == size
+            assert all(a <= b == c for (a, b), (c, _) in zip(ranges, ranges[1:], strict=False))
+            assert key([r for a, b in ranges for r in iter_jsonl_range(f, a, b)]) == whole
+    # Any cut works: a line belongs to the range its first byte is in (cuts inside \r\n, the BOM, a row).
+    for step in (1, 7):
+        cuts = [*range(0, size, step), size]
+        assert (
+            key([r for a, b in zip(cuts, cuts[1:], strict=False) for r in iter_jsonl_range(f, a, b)]) == whole
+        )
+
+
+def test_jsonl_range_takes_the_first_line_number(tmp_path: Path) -> None:
+    f = write(tmp_path / "d.jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "c"}\n')
+    [(_, mid), (start, end)] = split_jsonl(f, 2)
+    assert [r.source for r in iter_jsonl_range(f, start, end, first_line=3)] == [f"{f}:3"]
+    assert [r.source for r in iter_jsonl_range(f, start, end)] == [f"{f}:3"]
+    assert list(iter_jsonl_range(f, end, end)) == [] and list(iter_jsonl_range(f, 1, 5)) == []
+
+
+# --- memory -----------------------------------------------------------------------------------------------------
+
+
+def big_rows(n: int) -> list[dict]:
+    return [{"instruction": f"Question {i}?", "output": "answer " * 20 + str(i)} for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json", "d.csv"])
+def test_reading_a_large_file_takes_memory_of_a_block_not_the_file(tmp_path: Path, name: str) -> None:
+    rows = big_rows(2_000)
+    f = tmp_path / name
+    if name.endswith(".csv"):
+        body = "".join(f"{r['instruction']},{r['output']}\n" for r in rows)
+        chunk = body.encode()
+        head = b"instruction,output\n"
+    elif name.endswith(".jsonl"):
+        chunk, head = "".join(json.dumps(r) + "\n" for r in rows).encode(), b""
+    else:
+        chunk, head = ("".join(json.dumps(r) + ",\n" for r in rows)).encode(), b"["
+    with open(f, "wb") as out:  # ~30 MB
+        out.write(head)
+        for _ in range((30 << 20) // len(chunk)):
+            out.write(chunk)
+        if name.endswith(".json"):
+            out.write(json.dumps(rows[0]).encode() + b"]")
+    size = f.stat().st_size
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in iter_rows(f))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count > 100_000
+    assert peak < size / 5, f"peak {peak / 2**20:.1f} MiB reading {size / 2**20:.1f} MiB"
 
 
 # --- datasets -------------------------------------------------------------------------------------------------
