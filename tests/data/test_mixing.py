@@ -267,3 +267,22 @@ def test_datasets_are_not_wired_into_the_data_stage_yet(
     )
     with pytest.raises(DataError, match="not wired into the data stage yet"):
         prepare_tokenized_data(cfg)
+
+
+def test_a_sized_source_drawn_in_part_repeats_nothing_it_need_not() -> None:
+    # b's pool holds 1,500 items (epochs 1.5) but the mix takes 500 of them: those are 500 distinct examples.
+    arrays = [tokens(500, 5, 1), tokens(1_000, 5, 2)]
+    sources = [src("a", weight=1), src("b", weight=1, epochs=1.5)]
+    plan = plan_mixture(arrays, sources, "interleave_under", "examples", 0)
+    assert plan.figures[1].examples == 500 and plan.figures[1].repeats == 0
+
+
+def test_the_written_config_loads_again(tmp_path: Path, files: list[str]) -> None:
+    from sftforge.config import dump_config
+
+    body = (
+        f"datasets:\n  - path: {files[0]}\n    epochs: 2\n  - path: {files[1]}\ninterleave_probs: 0.7,0.3\n"
+    )
+    cfg = load_config(recipe(tmp_path, body))
+    again = load_config(dump_config(cfg, tmp_path / "resolved.yaml"))
+    assert again.data.datasets == cfg.data.datasets and again.data.interleave_probs == [0.7, 0.3]

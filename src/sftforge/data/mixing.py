@@ -354,25 +354,28 @@ def _size(src: MixSource, tok: np.ndarray, rng: np.random.Generator) -> np.ndarr
     if src.epochs is not None:  # 2.5: every example twice, then a seeded half
         return _passes(every, round(src.epochs * len(tok)), rng)
     if src.max_tokens is not None:
-        return _until(every, tok, src.max_tokens, rng, nearest=False)
+        return _until(every, tok, src.max_tokens, rng.permutation(every), rng, nearest=False)
     return every
 
 
 def _until(
-    pool: np.ndarray, q: np.ndarray, target: float, rng: np.random.Generator, nearest: bool
+    pool: np.ndarray, q: np.ndarray, target: float, first: np.ndarray, rng: np.random.Generator, nearest: bool
 ) -> np.ndarray:
-    """Pool items in a seeded order (repeating the pool when needed) until their quantity `q` reaches `target`:
-    up to the item that reaches it, or (`nearest`) to whichever end is closer to it."""
-    total = int(q[pool].sum())
-    passes = max(1, math.ceil(target / total) + 1) if total else 1
-    seq = _passes(pool, passes * len(pool), rng)
-    cum = np.cumsum(q[seq])
-    k = int(np.searchsorted(cum, target - 1e-9))  # first position whose running total reaches the target
-    k = min(k, len(seq) - 1)
-    count = k + 1
-    if nearest and k > 0 and (target - cum[k - 1]) < (cum[k] - target):
-        count = k
-    return seq[:count]
+    """`first` (the pool in a seeded order), then more shuffled passes over the pool, until their quantity `q`
+    reaches `target`: up to the item that reaches it, or (`nearest`) to whichever end is closer to it. Only the
+    items returned are generated (a few passes of millions of examples stay cheap)."""
+    total = float(q[pool].sum())
+    full = int(target // total)
+    rest = target - full * total
+    whole = [first] if full else []
+    if full > 1:
+        whole.append(rng.permuted(np.tile(pool, (full - 1, 1)), axis=1).ravel())
+    last = first if not full else rng.permutation(pool)
+    cum = np.concatenate([[0], np.cumsum(q[last])])
+    j = min(int(np.searchsorted(cum, rest - 1e-9)), len(last))  # the fewest items whose total reaches `rest`
+    if nearest and j > 0 and rest - cum[j - 1] < cum[j] - rest:
+        j -= 1
+    return np.concatenate([*whole, last[:j]])
 
 
 def _interleave_counts(
@@ -394,16 +397,23 @@ def _interleave_counts(
     # under: the largest total no pool runs out of; over: the smallest total that uses up every pool
     total = float((have / weights).min() if strategy == "interleave_under" else (have / weights).max())
     out = []
-    for pool, q, w, rng, h in zip(pools, qs, weights, rngs, have, strict=True):
+    for src, pool, q, w, rng, h in zip(sources, pools, qs, weights, rngs, have, strict=True):
+        # A sized pool is in a seeded order already, its first pass distinct: draw it as it is, so a prefix
+        # repeats nothing it need not; an unsized one (every example, in file order) is shuffled first.
+        first = pool if _sized(src) else rng.permutation(pool)
         target = w * total
         if strategy == "interleave_under" and target >= h * (1 - 1e-12):
-            out.append(rng.permutation(pool))  # this source sets the total: all of it, once
+            out.append(first)  # this source sets the total: all of it, once
             continue
-        drawn = _until(pool, q, target, rng, nearest=True)
+        drawn = _until(pool, q, target, first, rng, nearest=True)
         if strategy == "interleave_over" and len(drawn) < len(pool):
-            drawn = rng.permutation(pool)  # rounding must not leave an example out
+            drawn = first  # rounding must not leave an example out
         out.append(drawn)
     return out
+
+
+def _sized(src: MixSource) -> bool:
+    return any(getattr(src, key) is not None for key in _SIZES)
 
 
 def _spread(chosen: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +436,7 @@ def _figures(
             name=src.name,
             available=len(tok),
             examples=len(c),
-            distinct=len(np.unique(c)),
+            distinct=int(np.count_nonzero(np.bincount(c, minlength=len(tok)))),
             trained_tokens=n,
             share=n / all_tokens if all_tokens else 0.0,
         )
