@@ -1,6 +1,6 @@
 """Checks for other key names (`columns`, `tags`) and several mixed sources (`datasets`, `mix_strategy`,
 `interleave_probs`, `mix_by`). The rules themselves live with the code that applies them (data/columns.py,
-data/mixing.py: pure, import-light), so config time and run time cannot disagree."""
+data/mix_sources.py: import-light), so config time and run time cannot disagree."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def check_mixing(values: dict[str, dict[str, Any]], explicit: set[str], problems
         if data.get(key) is not None:
             what = "max_samples per source" if key == "max_samples" else "each source's path or dataset_name"
             problems.append(f"datasets: replaces {key}; keep one (with datasets, set {what}).")
-    from sftforge.data.mixing import parse_mix_sources, resolve_strategy
+    from sftforge.data.mix_sources import parse_mix_sources, resolve_strategy
 
     if data.get("stage", "sft") != "sft":
         problems.append("datasets: mixing applies to stage: sft for now; use train_data_path for stage pt.")
