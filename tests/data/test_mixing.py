@@ -226,6 +226,13 @@ def recipe(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def test_plain_paths_are_sources(tmp_path: Path, files: list[str]) -> None:
+    cfg = load_config(recipe(tmp_path, f"datasets: [{files[0]}, {files[1]}]\n"))
+    assert cfg.data.datasets == files[:2]
+    assert [s.path for s in parse_mix_sources(cfg.data.datasets)] == [(files[0],), (files[1],)]
+    assert "data mix: 2 sources, concat by examples" in cfg.notes
+
+
 def test_load_config_accepts_datasets(tmp_path: Path, files: list[str]) -> None:
     body = (
         f"datasets:\n  - path: {files[0]}\n  - path: {files[1]}\ninterleave_probs: 0.7,0.3\nmix_by: tokens\n"

@@ -233,12 +233,12 @@ class DataArguments:
             "system_tag; e.g. {role_tag: speaker, user_tag: user1}."
         ),
     )
-    datasets: list[dict] | None = field(
+    datasets: list[dict | str] | None = field(
         default=None,
         metadata=_help(
             "Several training sources mixed into one set, instead of train_data_path / dataset_name: a list of "
             "{path (file, folder, glob or list) or dataset_name (+ dataset_config, split), weight, max_samples | "
-            "epochs | max_tokens, columns, tags, name}."
+            "epochs | max_tokens, columns, tags, name}; a plain path stands for {path: PATH}."
         ),
     )
     mix_strategy: str = field(

@@ -101,6 +101,8 @@ def _parse_source(
     problems: list[str],
 ) -> MixSource | None:
     where = f"datasets[{i}]"
+    if isinstance(item, str):  # `datasets: [a.jsonl, b.jsonl]`: each source as it is
+        item = {"path": item}
     if not isinstance(item, dict):
         problems.append(f"{where}: expected a mapping like {{path: a.jsonl, weight: 0.7}}, got {item!r}.")
         return None
