@@ -102,6 +102,12 @@ def test_tags_alone_rename_roles_under_the_usual_key() -> None:
     assert conv.format == "sharegpt" and roles_and_text(conv) == [("user", "Hi"), ("assistant", "Hello")]
 
 
+def test_a_role_tag_alone_keeps_the_sharegpt_value_key() -> None:
+    row = {"conversations": [{"speaker": "human", "value": "Hi"}, {"speaker": "gpt", "value": "Hello"}]}
+    conv = convert(row, tags={"role_tag": "speaker"})
+    assert roles_and_text(conv) == [("user", "Hi"), ("assistant", "Hello")]
+
+
 def test_openai_style_role_and_content_overrides() -> None:
     row = {"messages": [{"author": "human", "body": "Hi"}, {"author": "ai", "body": "Hello"}]}
     conv = convert(row, tags={"role": "author", "content": "body", "assistant_tag": "ai"})

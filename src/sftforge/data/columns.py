@@ -267,7 +267,7 @@ def _turn(turn: Any, i: int, cmap: ColumnMap, sharegpt: bool, roles: dict[str, s
     if not isinstance(turn, dict):
         return turn  # parse_turns names the turn
     role_key = cmap.role_tag or ("from" if "from" in turn else "role")
-    content_key = cmap.content_tag or ("value" if role_key == "from" else "content")
+    content_key = cmap.content_tag or _content_key(turn, role_key)
     if role_key not in turn:
         raise RowError(
             "missing_column",
@@ -288,6 +288,12 @@ def _turn(turn: Any, i: int, cmap: ColumnMap, sharegpt: bool, roles: dict[str, s
     new["from" if sharegpt else "role"] = role
     new["value" if sharegpt else "content"] = turn.get(content_key)
     return new
+
+
+def _content_key(turn: dict[str, Any], role_key: str) -> str:
+    """No content_tag: ShareGPT's `value` beside `from`, else `content`, whichever of the two the turn has."""
+    first, other = ("value", "content") if role_key == "from" else ("content", "value")
+    return other if first not in turn and other in turn else first
 
 
 # ---------------------------------------------------------------------------------------------------------------
