@@ -123,7 +123,7 @@ def _parse_source(
         values[name] = value
     path = _paths(values.get("path"), f"{where}.path", check_paths, problems)
     hub = values.get("dataset_name")
-    if (path is None) == (hub is None):
+    if ("path" in values) == ("dataset_name" in values):
         problems.append(
             f"{where}: give exactly one of path (a file, folder, glob or list) or dataset_name (a hub name or a "
             "save_to_disk folder)."
@@ -194,9 +194,12 @@ def _number(value: Any, key: str, kind: type, problems: list[str]) -> Any:
         ok = False
     if not ok or value <= 0:
         what = "a whole number" if kind is int else "a number"
-        problems.append(
-            f"{key}: {value!r} must be {what} above 0 (remove the key to leave the source as it is)."
+        fix = (
+            "its share, e.g. 0.7; leave a source out by removing it"
+            if key.endswith(".weight")
+            else "remove the key to take the source as it is"
         )
+        problems.append(f"{key}: {value!r} must be {what} above 0 ({fix}).")
         return None
     return kind(value)
 
