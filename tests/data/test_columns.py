@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sftforge import inspect_data
+from sftforge.cli import main
 from sftforge.config import load_config
 from sftforge.data.columns import ColumnMap, apply_columns, compile_columns, suggest_columns
 from sftforge.data.formats import detect_format, to_conversation
@@ -246,7 +245,7 @@ def test_columns_enter_the_cache_key(tiny_model_dir: Path, data_file: Path) -> N
     assert len(keys) == 3
 
 
-def test_inspect_reads_other_keys_with_columns(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_inspect_reads_other_keys_with_columns(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     data = tmp_path / "qa.jsonl"
     rows = [{"question": f"What is {i}+{i}?", "answer": f"It is {2 * i}."} for i in range(4)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -255,8 +254,7 @@ def test_inspect_reads_other_keys_with_columns(tmp_path: Path, tiny_model_dir: P
         f"model_name_or_path: {tiny_model_dir}\ntrain_data_path: {data}\nmax_length: 64\n"
         f"output_dir: {tmp_path / 'out'}\ncolumns: {{prompt: question, response: answer}}\n"
     )
-    out = io.StringIO()
-    assert inspect_data.run([str(recipe), "--num_examples", "2"], stdout=out) == 0
-    text = out.getvalue()
+    assert main(["inspect", str(recipe), "--num_examples", "2"]) == 0
+    text = capsys.readouterr().out
     assert "[[It is 0.<|im_end|>]]" in text and "What is 1+1?" in text
     assert "4 rows read, 4 kept; formats: alpaca 4" in text

@@ -136,6 +136,11 @@ def test_an_empty_source_is_an_error_naming_it() -> None:
         )
 
 
+def test_a_source_sized_to_nothing_is_an_error() -> None:
+    with pytest.raises(DataError, match=r"datasets\[0\]\.epochs: 0\.01 of 10 examples leaves none"):
+        plan_mixture([tokens(10, 5, 1)], [src("a", epochs=0.01)], "concat", "examples", 0)
+
+
 def test_report_lines() -> None:
     arrays = [np.full(100, 10), np.full(50, 20)]
     plan = plan_mixture(arrays, [src("a", weight=1), src("b", weight=3)], "interleave_over", "tokens", 0)

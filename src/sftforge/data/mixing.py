@@ -92,6 +92,12 @@ def plan_mixture(
         if src.max_tokens is not None and tok.sum() == 0:
             raise DataError(f"datasets[{s}] ({src.name}): max_tokens needs trained tokens, and it has none.")
     pools = [_size(src, tok, rng) for src, tok, rng in zip(sources, tokens, rngs, strict=True)]
+    for s, (src, pool) in enumerate(zip(sources, pools, strict=True)):
+        if len(pool) == 0:  # epochs so small that none of its examples is left
+            raise DataError(
+                f"datasets[{s}].epochs: {src.epochs:g} of {len(tokens[s]):,} examples leaves none; raise it or "
+                "remove the source."
+            )
     if strategy == "concat":
         chosen = pools
         order_source = np.concatenate([np.full(len(p), s, dtype=np.int32) for s, p in enumerate(pools)])
