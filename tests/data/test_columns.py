@@ -230,6 +230,13 @@ def test_config_errors_come_from_load_config(tmp_path: Path, data_file: Path) ->
     assert any(p.startswith("columns.promt: unknown column name") for p in e.value.problems)
 
 
+def test_columns_are_refused_with_stage_pt(data_file: Path) -> None:
+    argv = ["--model_name_or_path", "m", "--train_data_path", str(data_file), "--stage", "pt"]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*argv, "--columns", "{text: body}"])
+    assert any(p.startswith("columns/tags: rename conversation keys") for p in e.value.problems)
+
+
 def test_columns_enter_the_cache_key(tiny_model_dir: Path, data_file: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -19,6 +19,10 @@ def check_mixing(values: dict[str, dict[str, Any]], explicit: set[str], problems
         compile_columns(data.get("columns"), data.get("tags"))
     except ConfigError as e:
         problems.extend(e.problems)
+    if data.get("stage") == "pt" and (data.get("columns") or data.get("tags")):
+        problems.append(
+            "columns/tags: rename conversation keys (stage: sft); with stage: pt the document's key is text_column."
+        )
     raw = data.get("datasets")
     if raw is None:
         if data.get("interleave_probs") is not None:
