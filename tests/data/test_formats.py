@@ -56,7 +56,8 @@ def test_unknown_format_lists_keys_and_formats() -> None:
     assert err.reason == "unknown_format"
     assert err.detail == (
         "cannot tell the format: keys found ['question', 'answer']; expected one of: "
-        "messages, conversations, instruction/input/output, prompt/completion, text"
+        "messages, conversations, instruction/input/output, prompt/completion, text; if your rows name them "
+        "differently, map your keys in the recipe, e.g. `columns: {prompt: question, response: answer}`"
     )
 
 

@@ -216,6 +216,56 @@ class DataArguments:
             choices=("line", "blank_line", "file"),
         ),
     )
+    # --- other key names and several sources (issue 15)
+    columns: dict[str, str] | None = field(
+        default=None,
+        metadata=_help(
+            "Your rows' key names, e.g. {prompt: question, response: answer}. Names: LLaMA-Factory's "
+            "dataset_info.json columns (prompt, query, response, system, history, messages, tools) or sftforge's "
+            "format keys (instruction, input, output, conversations, prompt + completion, text) → your key."
+        ),
+    )
+    tags: dict[str, str] | None = field(
+        default=None,
+        metadata=_help(
+            "Your turns' key and role names, e.g. {role_tag: speaker, user_tag: user1}. As LLaMA-Factory names "
+            "them: role_tag (from), content_tag (value), user_tag (human), assistant_tag (gpt), observation_tag, "
+            "function_tag, system_tag (role and content work for role_tag and content_tag)."
+        ),
+    )
+    datasets: list[dict | str] | None = field(
+        default=None,
+        metadata=_help(
+            "Several training sources mixed into one (instead of train_data_path / dataset_name). Each: {path "
+            "(file, folder, glob or list) or dataset_name (+ dataset_config, split), weight, max_samples | epochs "
+            "| max_tokens, columns, tags, name}; a plain path stands for {path: PATH}."
+        ),
+    )
+    mix_strategy: str = field(
+        default="auto",
+        metadata=_help(
+            "How `datasets` combine: auto, concat, interleave_under, interleave_over. concat: each source as sized; "
+            "interleave_under: shares by weight, as many as fit without repeating any source; interleave_over: "
+            "shares by weight, every example at least once (smaller sources repeat); auto: concat without "
+            "weights, interleave_under with them.",
+            choices=("auto", "concat", "interleave_under", "interleave_over"),
+        ),
+    )
+    interleave_probs: list[float] | str | None = field(
+        default=None,
+        metadata=_help(
+            "Weights of the `datasets` sources, in order: a list or '0.7,0.3' (LLaMA-Factory's name; instead of "
+            "each source's weight)."
+        ),
+    )
+    mix_by: str = field(
+        default="examples",
+        metadata=_help(
+            "What `datasets` weights share: examples or tokens. tokens: shares of trained tokens (a source of "
+            "long answers then gives fewer examples).",
+            choices=("examples", "tokens"),
+        ),
+    )
     drop_last_block: bool = field(
         default=False,
         metadata=_help(

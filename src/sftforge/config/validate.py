@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sftforge.config.loader import data_paths_missing
+from sftforge.config.validate_mix import check_mixing
 from sftforge.config.validate_peft import check_peft
 from sftforge.config.validate_pt import check_pretraining
 
@@ -55,6 +56,7 @@ def check_and_resolve(
     if "ddp_backend" not in explicit:
         auto["ddp_backend"] = None
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
+    notes += check_mixing(values, explicit, problems)
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -143,9 +145,9 @@ def _check_required(model: dict, data: dict, problems: list[str]) -> None:
             "model_name_or_path is required: a local model folder or a hub id "
             "(make one offline with `sftforge init-model DIR`), or config_name to train from scratch."
         )
-    if not data.get("train_data_path") and not data.get("dataset_name"):
+    if not data.get("train_data_path") and not data.get("dataset_name") and not data.get("datasets"):
         problems.append(
-            "no training data: set train_data_path (file, directory, glob or list) or dataset_name."
+            "no training data: set train_data_path (file, directory, glob or list), dataset_name or datasets."
         )
 
 

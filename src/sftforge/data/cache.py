@@ -83,6 +83,8 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
         "train_on_reasoning": spec.options.train_on_reasoning,
         "truncation": spec.truncation,
         "multi_turn": spec.multi_turn,
+        "columns": getattr(data, "columns", None),  # renamed keys read other fields: other examples
+        "tags": getattr(data, "tags", None),
         "packing": bool(data.packing),
         "max_samples": data.max_samples,
         "on_bad_rows": data.on_bad_rows,

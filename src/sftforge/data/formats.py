@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftforge.data.columns import suggest_columns
 from sftforge.data.conversation import Conversation, Message
 from sftforge.data.tools import (
     FUNCTION_CALL_ROLE,
@@ -60,7 +61,8 @@ def detect_format(row: Any) -> str:
     raise RowError(
         "unknown_format",
         f"cannot tell the format: keys found {list(row)}; expected one of: "
-        "messages, conversations, instruction/input/output, prompt/completion, text",
+        "messages, conversations, instruction/input/output, prompt/completion, text; if your rows name them "
+        f"differently, map your keys in the recipe, e.g. `{suggest_columns(row)}`",
     )
 
 

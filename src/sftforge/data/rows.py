@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from sftforge.data.columns import ColumnMap, apply_columns
 from sftforge.data.conversation import Conversation
 from sftforge.data.encoding import PieceEncoder
 from sftforge.data.formats import to_conversation
@@ -58,6 +59,7 @@ class TokenizeSpec:
     options: MaskOptions = MaskOptions()  # noqa: RUF009 — frozen, so one shared default is safe
     truncation: str = "turns"
     multi_turn: str = "auto"  # one of turns.MULTI_TURN
+    columns: ColumnMap | None = None  # `columns:` / `tags:` renaming (None: rows are read as they are)
 
     @classmethod
     def build(cls, tokenizer: Any, template: str, max_length: int, **kwargs: Any) -> TokenizeSpec:
@@ -108,7 +110,8 @@ def process_rows(spec: TokenizeSpec, rows: Sequence[SourceRow]) -> list[tuple[st
         try:
             if source_row.error is not None:
                 raise source_row.error
-            waiting.append((index, to_conversation(source_row.row, source=source_row.source)))
+            row = source_row.row if spec.columns is None else apply_columns(source_row.row, spec.columns)
+            waiting.append((index, to_conversation(row, source=source_row.source)))
         except RowError as e:
             results[index] = _failure(e, source_row)
     known: dict[tuple, Any] = {}
