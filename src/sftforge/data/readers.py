@@ -163,29 +163,30 @@ def _object_row(row: Any, source: str) -> SourceRow:
 
 
 def _iter_jsonl(path: Path, data: bytes) -> Iterator[SourceRow]:
-    # Lines are decoded one by one so a single bad line (bad bytes, broken JSON) costs one row, not the file.
     for lineno, raw in enumerate(data.splitlines(), start=1):
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM written by some Windows editors
-            raw = raw[3:]
-        source = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            detail = (
-                f"the line is not valid UTF-8 (byte {e.start + 1}: {e.reason}); re-save the file as UTF-8"
-            )
-            yield SourceRow(None, source, RowError("not_utf8", detail))
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield SourceRow(
-                None, source, RowError("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}")
-            )
-            continue
-        yield _object_row(row, source)
+        row = jsonl_row(path, lineno, raw)
+        if row is not None:
+            yield row
+
+
+def jsonl_row(path: Path, lineno: int, raw: bytes) -> SourceRow | None:
+    """One line of a .jsonl file as a row (None for a blank line). Lines are decoded one by one so a single bad
+    line (bad bytes, broken JSON) costs one row, not the file; streaming (data/streaming.py) calls this per line."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM written by some Windows editors
+        raw = raw[3:]
+    source = f"{path}:{lineno}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        detail = f"the line is not valid UTF-8 (byte {e.start + 1}: {e.reason}); re-save the file as UTF-8"
+        return SourceRow(None, source, RowError("not_utf8", detail))
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return SourceRow(None, source, RowError("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}"))
+    return _object_row(row, source)
 
 
 def _decode_whole(path: Path, data: bytes) -> str:
