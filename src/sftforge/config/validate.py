@@ -14,6 +14,7 @@ from typing import Any
 from sftforge.config.loader import data_paths_missing
 from sftforge.config.validate_peft import check_peft
 from sftforge.config.validate_pt import check_pretraining
+from sftforge.config.validate_stream import check_streaming
 
 
 def cuda_available() -> bool:
@@ -57,6 +58,7 @@ def check_and_resolve(
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     _check_required(model, data, problems)
     _check_data(data, train, explicit, problems)
+    notes += check_streaming(data, train, explicit, problems)
     on_gpu = cuda_available()
     before = len(problems)
     notes += _resolve_precision(train, explicit, on_gpu, problems, auto)
