@@ -120,9 +120,3 @@ def test_an_unpacked_streaming_run_goes_past_the_end_of_the_data(tiny_model_dir,
     every = [s for step, sources in sorted(trained(record).items()) for s in sources]
     assert len(every) == 96 and len(set(every[:80])) == 80  # the first pass: every row once
     assert set(every[80:]) <= set(every[:80])
-
-
-def test_streaming_without_max_steps_is_refused_naming_the_key(tiny_model_dir, data, tmp_path):
-    proc = run_train(tiny_model_dir, data, tmp_path / "out", tmp_path / "s.jsonl", "--max_steps", "-1")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "max_steps: streaming" in proc.stderr
