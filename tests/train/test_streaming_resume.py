@@ -120,3 +120,60 @@ def test_an_unpacked_streaming_run_goes_past_the_end_of_the_data(tiny_model_dir,
     every = [s for step, sources in sorted(trained(record).items()) for s in sources]
     assert len(every) == 96 and len(set(every[:80])) == 80  # the first pass: every row once
     assert set(every[80:]) <= set(every[:80])
+
+
+def run_two(model: Path, data: Path, out: Path, record: Path, *extra: str, fault: str = ""):
+    """2 processes on CPU (gloo) through accelerate with the shipped DDP config, batch 1 each."""
+    import socket
+
+    with socket.socket() as sock:  # a free port: fixed ones collide with runs still shutting down
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               MASTER_ADDR="127.0.0.1")  # fmt: skip
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(key, None)
+    env = fault_env(env, ",".join(filter(None, [fault, f"record_sources={record}"])))
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "configs/accelerate/ddp.yaml"),
+           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", port, "-m", "sftforge", "train",
+           "--model_name_or_path", str(model), "--train_data_path", str(data), "--output_dir", str(out), *COMMON,
+           "--per_device_train_batch_size", "1", "--packing", "true", *extra]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=repo)
+
+
+def by_rank(record: Path) -> dict[tuple[int, int], list[str]]:
+    """(rank, step) → the sources that rank trained in that step."""
+    steps: dict[tuple[int, int], list[str]] = {}
+    for line in record.read_text().splitlines():
+        entry = json.loads(line)
+        steps.setdefault((entry["rank"], entry["step"]), []).extend(entry["sources"])
+    return steps
+
+
+def test_two_processes_read_disjoint_shares_and_resume_each_exactly(tiny_model_dir, data, tmp_path):
+    straight, killed, resumed = (
+        tmp_path / "straight.jsonl",
+        tmp_path / "killed.jsonl",
+        tmp_path / "resumed.jsonl",
+    )
+    ok(run_two(tiny_model_dir, data, tmp_path / "a", straight))
+    want = by_rank(straight)
+    assert sorted(want) == [(r, s) for r in (0, 1) for s in range(1, 7)]
+    rows = {r: {s for (rank, _), v in want.items() if rank == r for s in v} for r in (0, 1)}
+    assert rows[0] and rows[1] and not rows[0] & rows[1]  # each rank its own rows
+    line = lambda source: int(source.rsplit(":", 1)[1])  # noqa: E731 — file line = row index + 1
+    assert all((line(s) - 1) % 2 == r for r, sources in rows.items() for s in sources)
+
+    out = tmp_path / "b"
+    assert run_two(tiny_model_dir, data, out, killed, fault="kill_at_step=3").returncode != 0
+    assert {p.name for p in (out / "checkpoint-2").glob("stream_state_rank*.json")} == {
+        "stream_state_rank0.json",
+        "stream_state_rank1.json",
+    }
+    ok(run_two(tiny_model_dir, data, out, resumed, "--resume_from_checkpoint", "auto"))
+    before, after = by_rank(killed), by_rank(resumed)
+    assert min(step for _, step in after) == 3
+    assert {**{k: v for k, v in before.items() if k[1] <= 2}, **after} == want
+    a, b = step_losses(tmp_path / "a"), step_losses(out)
+    assert all(b[s] == pytest.approx(a[s], abs=1e-5) for s in range(3, 7))
