@@ -41,10 +41,10 @@ class SFTTrainer(Trainer):
     moe_aux: Any = None  # a model.moe.MoeAuxLoss, set by the run for MoE models with the router aux loss on
     moe_model = False  # an MoE model: its own per-forward aux addition is switched off while training
     stop_ids: list[int] = []  # end-of-turn ids (set by the run): eval_generation stops answers on them
-    resumed_from: str | None = (
-        None  # the checkpoint train() resumes from (a streaming dataset restarts there)
-    )
-    stream_position: dict[str, int] | None = None  # streaming: the position after the last trained batch
+    # The checkpoint train() resumes from (a streaming dataset restarts there), and with streaming the position
+    # after the last trained batch (train/streaming.py)
+    resumed_from: str | None = None
+    stream_position: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ training steps
 
@@ -67,9 +67,7 @@ class SFTTrainer(Trainer):
         # Nothing here reads a value off the device: counts and losses stay tensors until a decision or a log
         # line needs them (one sync per optimizer step instead of one per micro-batch).
         self.guard.observe_sources(inputs.pop("sources", None))
-        self.stream_position = inputs.pop(
-            POSITION_KEY, self.stream_position
-        )  # streaming (train/streaming.py)
+        self.stream_position = inputs.pop(POSITION_KEY, self.stream_position)
         self.tokens.add(inputs)
         self._in_training_step = True
         try:
