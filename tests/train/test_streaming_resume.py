@@ -177,3 +177,16 @@ def test_two_processes_read_disjoint_shares_and_resume_each_exactly(tiny_model_d
     assert {**{k: v for k, v in before.items() if k[1] <= 2}, **after} == want
     a, b = step_losses(tmp_path / "a"), step_losses(out)
     assert all(b[s] == pytest.approx(a[s], abs=1e-5) for s in range(3, 7))
+
+
+def test_inspect_of_a_streaming_recipe_shows_its_first_window(tiny_model_dir, data):
+    import io
+
+    from sftforge.inspect_data import run
+
+    out = io.StringIO()
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--train_data_path", str(data), "--streaming", "true",
+            "--max_steps", "5", "--streaming_buffer", "4", "--color", "never"]  # fmt: skip
+    assert run(argv, stdout=out) == 0
+    text = out.getvalue()
+    assert "streaming: the first 4 rows" in text and "4 rows read, 4 kept" in text
