@@ -116,7 +116,24 @@ def test_killed_and_resumed_streaming_run_trains_exactly_the_uninterrupted_examp
 def test_an_unpacked_streaming_run_goes_past_the_end_of_the_data(tiny_model_dir, data, tmp_path):
     """Without packing each batch holds 2 rows: 24 steps × 4 = 96 rows > 80, so the stream starts a second pass."""
     record = tmp_path / "sources.jsonl"
-    ok(run_train(tiny_model_dir, data, tmp_path / "out", record, "--max_steps", "24"))
+    out = (
+        tmp_path / "out"
+    )  # with eval rows (read whole) every 12 steps: their batches carry no stream position
+    ok(
+        run_train(
+            tiny_model_dir,
+            data,
+            out,
+            record,
+            "--max_steps",
+            "24",
+            "--eval_data_path",
+            str(data),
+            "--eval_steps",
+            "12",
+        )
+    )
+    assert sum("eval_loss" in e for e in json.loads((out / "log_history.json").read_text())) >= 2
     every = [s for step, sources in sorted(trained(record).items()) for s in sources]
     assert len(every) == 96 and len(set(every[:80])) == 80  # the first pass: every row once
     assert set(every[80:]) <= set(every[:80])

@@ -224,5 +224,6 @@ class PositionCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner([{k: v for k, v in f.items() if k != POSITION_KEY} for f in features])
-        batch[POSITION_KEY] = features[-1][POSITION_KEY]
+        if POSITION_KEY in features[-1]:  # the eval set, read whole, goes through this collator too
+            batch[POSITION_KEY] = features[-1][POSITION_KEY]
         return batch
