@@ -38,6 +38,9 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     stdout = stdout or sys.stdout  # looked up per call so redirections (and pytest's capture) apply
     args, overrides = parse_args(argv)
     cfg = load_config(args.recipe, overrides)
+    streamed = cfg.data.streaming  # a stream has no end to inspect: its first window, prepared as usual
+    if streamed:
+        cfg.data.streaming, cfg.data.max_samples = False, cfg.data.max_samples or cfg.data.streaming_buffer
     bundle, data = prepare_tokenized_data(cfg)
     examples = data.train if args.num_examples is None else data.train[: args.num_examples]
     if args.json:
@@ -56,5 +59,10 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
         stdout.write(highlight(tokenizer, example.input_ids, example.labels, colour) + "\n\n")
     legend = "bold green" if colour else "[[double brackets]]"
     stdout.write(f"Trained tokens are shown in {legend}; everything else is context only.\n")
-    stdout.write("\n".join(["─" * 72, *data_summary_lines(cfg, data), "─" * 72]) + "\n")
+    note = (
+        [f" streaming: the first {cfg.data.max_samples} rows (one streaming_buffer window)"]
+        if streamed
+        else []
+    )
+    stdout.write("\n".join(["─" * 72, *note, *data_summary_lines(cfg, data), "─" * 72]) + "\n")
     return 0

@@ -14,6 +14,8 @@ kinds:
   inf_grad_at_step=N      one gradient of optimizer step N becomes Inf (the loss stays finite)
   slow_preprocessing=S    the local main process (LOCAL_RANK 0) spends S more seconds preparing the data
   count_engine_steps=1    print "sftforge-faults: engine steps: K" at exit (DeepSpeed engines: real steps taken)
+  record_sources=PATH     append {"step": optimizer step, "rank", "sources": [...]} per trained micro-batch to PATH:
+                          which examples a run trained on, step by step (not a fault: an observation)
 """
 
 from __future__ import annotations
@@ -120,8 +122,27 @@ def _install_on_trainer(trainer: Any, faults: dict[str, str]) -> None:
                 _count_engine_steps(trainer)
 
     trainer.add_callback(StepFaults())
+    if faults.get("record_sources"):
+        _record_sources(trainer, Path(faults["record_sources"]))
     if {"nan_loss_at_step", "nan_loss_from_step", "inf_grad_at_step"} & set(faults):
         _corrupt_model_outputs(trainer, faults)
+
+
+def _record_sources(trainer: Any, path: Path) -> None:
+    import json
+
+    step = trainer.training_step
+
+    def recorded(model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        step_no, rank = trainer.state.global_step + 1, trainer.args.process_index
+        entry = json.dumps({"step": step_no, "rank": rank, "sources": inputs.get("sources")})
+        with open(
+            path, "a", encoding="utf-8"
+        ) as f:  # closed per micro-batch: a SIGKILL keeps what was trained
+            f.write(entry + "\n")
+        return step(model, inputs, *args, **kwargs)
+
+    trainer.training_step = recorded
 
 
 def _save_fault(trainer: Any, faults: dict[str, str], phase: str) -> None:

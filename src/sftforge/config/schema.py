@@ -165,6 +165,21 @@ class DataArguments:
             "attend to each other (FlashAttention varlen on GPU, per-sample sdpa on CPU)."
         ),
     )
+    streaming: bool = field(
+        default=False,
+        metadata=_help(
+            "Read, tokenize (and pack) the training rows while training instead of before it, for corpora larger "
+            "than memory or the disk cache; needs max_steps. Checkpoints record the exact stream position, so a "
+            "resumed run continues with the next example. No tokenized cache; eval data is read as usual."
+        ),
+    )
+    streaming_buffer: int = field(
+        default=1000,
+        metadata=_help(
+            "With streaming: rows read as one window; the window's examples are packed together (packing) and "
+            "shuffled within the window (train_sampling_strategy: random). Larger packs fuller, uses more memory."
+        ),
+    )
     on_bad_rows: str = field(
         default="error",
         metadata=_help(

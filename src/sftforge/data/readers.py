@@ -228,29 +228,36 @@ def _iter_jsonl(path: Path) -> Iterator[SourceRow]:
 
 
 def _jsonl_rows(name: str, f: BinaryIO, limit: int | None, first_line: int) -> Iterator[SourceRow]:
-    # Lines are decoded one by one so a single bad line (bad bytes, broken JSON) costs one row, not the file.
     for lineno, raw in _byte_lines(f, limit, first_line):
-        if lineno == 1 and raw.startswith(_BOM):  # a UTF-8 BOM written by some Windows editors
-            raw = raw[3:]
-        source = f"{name}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            detail = (
-                f"the line is not valid UTF-8 (byte {e.start + 1}: {e.reason}); re-save the file as UTF-8"
-            )
-            yield SourceRow(None, source, RowError("not_utf8", detail))
-            continue
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield SourceRow(
-                None, source, RowError("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}")
-            )
-            continue
-        yield _object_row(row, source)
+        row = jsonl_row(name, lineno, raw)
+        if row is not None:
+            yield row
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a .jsonl file, unparsed (streaming skips other ranks' lines without parsing)."""
+    with open(path, "rb") as f:
+        yield from _byte_lines(f, None, 1)
+
+
+def jsonl_row(name: str | Path, lineno: int, raw: bytes) -> SourceRow | None:
+    """One line of a .jsonl file as a row (None for a blank line). Lines are decoded one by one so a single bad
+    line (bad bytes, broken JSON) costs one row, not the file."""
+    if lineno == 1 and raw.startswith(_BOM):  # a UTF-8 BOM written by some Windows editors
+        raw = raw[3:]
+    source = f"{name}:{lineno}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        detail = f"the line is not valid UTF-8 (byte {e.start + 1}: {e.reason}); re-save the file as UTF-8"
+        return SourceRow(None, source, RowError("not_utf8", detail))
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return SourceRow(None, source, RowError("invalid_json", f"invalid JSON at column {e.colno}: {e.msg}"))
+    return _object_row(row, source)
 
 
 def _byte_lines(f: BinaryIO, limit: int | None, lineno: int) -> Iterator[tuple[int, bytes]]:

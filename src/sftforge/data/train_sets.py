@@ -26,11 +26,19 @@ class ExampleDataset(Dataset):
         return len(self.view)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.view.features(int(i), self.with_sources)
+        if hasattr(self.view, "features"):
+            return self.view.features(int(i), self.with_sources)
+        example = self.view[int(i)]  # a plain list of examples (streaming's eval set)
+        features = dict(example.as_features())
+        if self.with_sources:
+            features["sources"] = [example.source]
+        return features
 
     @property
     def lengths(self) -> np.ndarray:
-        return self.view.lengths
+        if hasattr(self.view, "lengths"):
+            return self.view.lengths
+        return np.fromiter((len(e.input_ids) for e in self.view), dtype=np.int64, count=len(self.view))
 
 
 class PackedDataset(Dataset):

@@ -31,6 +31,8 @@ def run_identity(cfg: SFTConfig, world_size: int) -> dict[str, Any]:
         "seed": args.seed,
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
         "finetuning_type": cfg.peft.finetuning_type,
+        # streaming: the window size decides which rows a saved position means (absent otherwise: old markers match)
+        **({"streaming_buffer": cfg.data.streaming_buffer} if getattr(cfg.data, "streaming", False) else {}),
         **(
             {"config_overrides": overrides}
             if (overrides := getattr(cfg.model, "config_overrides", None))

@@ -97,6 +97,10 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
     bundle = load_tokenizer(cfg.model, cfg.data)
     # Timed without the tokenizer load, like the peer's figure: the data stage only
     started = time.perf_counter()
+    if cfg.data.streaming:  # training rows are read while training; only eval data now (train/streaming.py)
+        from sftforge.train.streaming import prepare_streaming_data
+
+        return bundle, prepare_streaming_data(cfg, tokenize_spec(cfg, bundle))
     if cfg.data.stage == "pt":  # documents → blocks (data/blocks.py); no chat template, no masks
         data = prepare_pretrain_data(cfg.data, bundle.tokenizer, cfg.training.seed)
     else:
@@ -109,7 +113,12 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
     train, evaluation = training_sets(data)
     packing_s, fill = 0.0, None
     pretraining = cfg.data.stage == "pt"
-    if pretraining and cfg.data.packing and cfg.data.document_isolation:
+    if cfg.data.streaming:  # rows read, tokenized and packed while training (train/streaming.py)
+        from sftforge.train.streaming import streaming_train_data
+
+        spec, pad_id = tokenize_spec(cfg, bundle), bundle.tokenizer.pad_token_id
+        train, collator = streaming_train_data(cfg, spec, pad_id, data, model)  # type: ignore[assignment]
+    elif pretraining and cfg.data.packing and cfg.data.document_isolation:
         # Blocks carry their documents' lengths (seq_lens): the packed-SFT collator and attention isolate them
         backend = packed_attention_backend(cfg.model.attn_implementation)
         model.set_attn_implementation(backend)

@@ -43,6 +43,8 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
     """The data part of the start-up summary; `sftforge inspect` prints the same lines."""
     if getattr(data, "blocks", None) is not None:
         return pretrain_summary_lines(cfg, data)
+    if getattr(cfg.data, "streaming", False):
+        return streaming_summary_lines(cfg, data)
     stats = data.train_stats
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
     return [
@@ -63,6 +65,19 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
             if (cache := getattr(data, "cache", None)) is not None
             else []
         ),
+    ]
+
+
+def streaming_summary_lines(cfg: Any, data: Any) -> list[str]:
+    """streaming: the training rows are read while training, so there are no counts up front."""
+    d = cfg.data
+    order = (
+        "in order" if cfg.training.train_sampling_strategy == "sequential" else "shuffled within each window"
+    )
+    return [
+        f" data         streaming: training rows read, tokenized{' and packed' if d.packing else ''} while "
+        f"training, {d.streaming_buffer} rows per window, {order}; counts unknown up front",
+        f" split        streaming train / {len(data.eval)} eval examples",
     ]
 
 
@@ -99,7 +114,8 @@ def pretrain_summary_lines(cfg: Any, data: Any) -> list[str]:
 
 def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any) -> None:
     args = cfg.training
-    effective, total_steps = _steps(len(train_rows), args)
+    streaming = getattr(cfg.data, "streaming", False)  # no length: max_steps counts
+    effective, total_steps = _steps(0 if streaming else len(train_rows), args)
     trainable, params = count_parameters(model)  # peft's count under LoRA (4-bit weights: two per byte)
     lines = [
         "─" * 72,
@@ -107,7 +123,7 @@ def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_ro
         f" model        {model_label(cfg)}  ({params / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable)",
         *[f" decision     {note}" for note in cfg.notes + bundle.notes],
         *data_summary_lines(cfg, data),
-        *_packing_lines(cfg, data, train_rows, model),
+        *([] if streaming else _packing_lines(cfg, data, train_rows, model)),
         f" batch        {args.per_device_train_batch_size} per device × {args.gradient_accumulation_steps} "
         f"accumulation = {effective} effective; {total_steps} optimizer steps",
         "─" * 72,

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from sftforge.data.streaming import POSITION_KEY
 from sftforge.errors import SftforgeError
 from sftforge.model.moe import silence_model_aux
-from sftforge.train import checkpoints
+from sftforge.train import checkpoints, streaming
 from sftforge.train.guards import NonFiniteGuard
 from sftforge.train.token_counter import TokenCounter
 
@@ -40,6 +41,10 @@ class SFTTrainer(Trainer):
     moe_aux: Any = None  # a model.moe.MoeAuxLoss, set by the run for MoE models with the router aux loss on
     moe_model = False  # an MoE model: its own per-forward aux addition is switched off while training
     stop_ids: list[int] = []  # end-of-turn ids (set by the run): eval_generation stops answers on them
+    # The checkpoint train() resumes from (a streaming dataset restarts there), and with streaming the position
+    # after the last trained batch (train/streaming.py)
+    resumed_from: str | None = None
+    stream_position: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ sampling
 
@@ -67,6 +72,7 @@ class SFTTrainer(Trainer):
         self.rotation_limit, self.args.save_total_limit = self.args.save_total_limit, None
         # MoE: the model would add coef × aux per forward (once per micro-batch); compute_loss adds it per step
         silenced = silence_model_aux(self.model) if self.moe_model else []
+        self.resumed_from = kwargs.get("resume_from_checkpoint", args[0] if args else None)
         try:
             return super().train(*args, **kwargs)
         finally:
@@ -78,6 +84,7 @@ class SFTTrainer(Trainer):
         # Nothing here reads a value off the device: counts and losses stay tensors until a decision or a log
         # line needs them (one sync per optimizer step instead of one per micro-batch).
         self.guard.observe_sources(inputs.pop("sources", None))
+        self.stream_position = inputs.pop(POSITION_KEY, self.stream_position)
         self.tokens.add(inputs)
         self._in_training_step = True
         try:
@@ -121,6 +128,11 @@ class SFTTrainer(Trainer):
                 )
                 self._decided_before_backward = True
         return result
+
+    def get_train_dataloader(self) -> Any:
+        if getattr(self.train_dataset, "streaming", False):  # shards by rank and tracks its position itself
+            return streaming.train_dataloader(self)
+        return super().get_train_dataloader()
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         inputs.pop("sources", None)
@@ -175,6 +187,10 @@ class SFTTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         try:
             super()._save_checkpoint(model, trial)
+            if self.stream_position is not None:  # every rank its own file, before the commit lists them
+                streaming.save_state(
+                    folder, self.stream_position, self.train_dataset.config, self.state.global_step
+                )
             self.accelerator.wait_for_everyone()  # every rank's files (RNG states, ZeRO shards) are written
             if self.args.should_save:
                 checkpoints.commit(folder, self.run_identity, self._data_position())
@@ -194,6 +210,7 @@ class SFTTrainer(Trainer):
             "epoch": self.state.epoch,
             "samples_seen": self.state.global_step * global_batch,
             "skipped_non_finite_steps": self.guard.skipped_total,
+            **({"stream": self.stream_position} if self.stream_position is not None else {}),  # rank 0's
         }
 
     def _save_failed(self, folder: Path, error: OSError) -> CheckpointSaveError:
