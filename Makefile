@@ -55,3 +55,13 @@ bench: $(STAMP)
 	$(PY) -c "import sys, trl; sys.exit(int(trl.__version__.split('.')[0]) < 1)" 2>/dev/null \
 		|| $(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench.py
+
+# "Millions of rows" (issue 15; benchmarks/README.md "Scale"): peak RSS and preprocessing rows/s of 1-step runs on
+# 100k/300k/1M-row synthetic sets, sftforge vs TRL. ~25-60 min on 2 cores (estimated); BENCH_SCALE_SIZES=2000,4000
+# for a smoke run.
+# Writes benchmarks/SCALE_RESULTS.md.
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -c "import sys, trl; sys.exit(int(trl.__version__.split('.')[0]) < 1)" 2>/dev/null \
+		|| $(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/scale_bench.py
