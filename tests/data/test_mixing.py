@@ -269,18 +269,6 @@ def test_load_config_reports_mixing_mistakes(
     assert any(p.startswith(message) for p in e.value.problems), e.value.problems
 
 
-def test_datasets_are_not_wired_into_the_data_stage_yet(
-    tmp_path: Path, files: list[str], tiny_model_dir
-) -> None:
-    from sftforge.train.run import prepare_tokenized_data
-
-    cfg = load_config(
-        recipe(tmp_path, f"datasets:\n  - path: {files[0]}\n"), ["--model_name_or_path", str(tiny_model_dir)]
-    )
-    with pytest.raises(DataError, match="not wired into the data stage yet"):
-        prepare_tokenized_data(cfg)
-
-
 def test_a_sized_source_drawn_in_part_repeats_nothing_it_need_not() -> None:
     # b's pool holds 1,500 items (epochs 1.5) but the mix takes 500 of them: those are 500 distinct examples.
     arrays = [tokens(500, 5, 1), tokens(1_000, 5, 2)]

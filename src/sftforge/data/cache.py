@@ -41,7 +41,8 @@ class CacheStatus:
     def describe(self) -> str:
         short = f"key {self.key[:8]}…"
         if self.state == "hit":
-            return f"hit ({short}, loaded in {self.seconds:.2f} s; no tokenization)"
+            also = f"; {self.note}" if self.note else ""
+            return f"hit ({short}, loaded in {self.seconds:.2f} s; no tokenization{also})"
         if self.state == "stored":
             return f"miss → stored ({short}, {self.note})"
         if self.state == "miss":
@@ -132,11 +133,27 @@ def data_digest(data: Any) -> str:
     from sftforge.data.readers import resolve_key_files
 
     text_files = getattr(data, "stage", "sft") != "sft"  # pretraining reads .txt files too
-    inputs = (
-        _files_digest(resolve_key_files(data.train_data_path, "train_data_path", text_files))
-        if data.train_data_path
-        else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
-    )
+    if getattr(data, "datasets", None):  # a mix: every source's data and how the mix is made
+        from sftforge.data.mix_sources import parse_mix_sources
+
+        sources = parse_mix_sources(
+            data.datasets, data.interleave_probs, columns=data.columns, tags=data.tags
+        )
+        inputs: Any = [
+            [
+                _files_digest(resolve_key_files(list(s.path), "datasets"))
+                if s.path
+                else _dataset_digest(s.dataset_name, s.dataset_config, s.split),
+                s.weight, s.max_samples, s.epochs, s.max_tokens, s.columns, s.tags,
+            ]
+            for s in sources
+        ] + [data.mix_strategy, data.mix_by]  # fmt: skip
+    else:
+        inputs = (
+            _files_digest(resolve_key_files(data.train_data_path, "train_data_path", text_files))
+            if data.train_data_path
+            else _dataset_digest(data.dataset_name, data.dataset_config, data.dataset_train_split)
+        )
     return hashlib.sha256(json.dumps([inputs, data.max_samples], default=str).encode()).hexdigest()
 
 

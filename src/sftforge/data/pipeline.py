@@ -100,6 +100,7 @@ class PreparedData:
     blocks: Any = (
         None  # stage pt: the training blocks' BlockStats (corpus tokens, coverage), see data/pretrain.py
     )
+    mix: list[str] = field(default_factory=list)  # `datasets:`: the mix report lines (data/mixture.py)
 
 
 def _rows_from_files(spec: Sequence[str], key: str) -> Iterator[SourceRow]:
@@ -237,7 +238,12 @@ def check_bad_rows(
 
 def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> PreparedData:
     """Read, convert and tokenize into a token store — or open the stored one from the cache when nothing it
-    depends on changed — then take the held-out split. An empty training set is always an error."""
+    depends on changed — then take the held-out split. An empty training set is always an error. Several sources
+    (`datasets:`) are prepared one by one and mixed (data/mixture.py)."""
+    if getattr(data, "datasets", None):
+        from sftforge.data.mixture import prepare_mixture
+
+        return prepare_mixture(data, spec, seed)
     if not data.preprocessing_cache:
         folder = scratch_folder()
         prepared = _open(folder, _tokenize_into(folder, data, spec), data, seed)

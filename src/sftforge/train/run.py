@@ -66,15 +66,7 @@ def check_output_dir(cfg: SFTConfig) -> Path:
 
 def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
     from sftforge.data.columns import compile_columns
-    from sftforge.errors import DataError
 
-    if (
-        cfg.data.datasets
-    ):  # placeholder until the data stage reads several sources (data/mixing.py plans them)
-        raise DataError(
-            "datasets: mixing several sources is not wired into the data stage yet; for now list the files in "
-            "train_data_path."
-        )
     options = MaskOptions(train_on=cfg.data.train_on, train_on_reasoning=cfg.data.train_on_reasoning)
     return TokenizeSpec(
         bundle.tokenizer,

@@ -51,6 +51,10 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
         *split_decision(stats, cfg.data.multi_turn),
         f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
         + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
+        *[
+            f" {'mix' if i == 0 else '':<12} {line}"
+            for i, line in enumerate(getattr(data, "mix", None) or [])
+        ],
         f" dropped      {dropped}",
         " masks        spans found by "
         + ", ".join(f"{k} {v}" for k, v in stats.methods.most_common())
