@@ -109,11 +109,12 @@ class DataArguments:
         ),
     )
     max_samples: int | None = field(default=None, metadata=_help("Use at most this many training rows."))
-    dataset_num_proc: int | None = field(
-        default=None,
+    dataset_num_proc: int | str | None = field(
+        default="auto",
         metadata=_help(
-            "Processes for preprocessing; default: this one (plus a tokenizer thread) under 50,000 training rows, "
-            "else up to 4 (each new process takes seconds to start)."
+            "Processes for preprocessing. auto: every usable core for large data (local files of 32 MB or more, "
+            "or 50,000 rows), each worker reading and tokenizing its own share of the files; else this process "
+            "plus a tokenizer thread (a new process takes seconds to start). A number: exactly that many."
         ),
     )
     max_length: int = field(

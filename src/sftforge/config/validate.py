@@ -186,6 +186,14 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         data["max_samples"] = None
     if data.get("max_samples") is not None and data["max_samples"] < 1:
         problems.append("max_samples: must be at least 1, or 0 / unset to use every row.")
+    procs = data.get("dataset_num_proc")
+    if isinstance(procs, str) and procs.strip().lower() == "auto":
+        data["dataset_num_proc"] = "auto"
+    elif procs is not None and (isinstance(procs, str) or procs < 1):
+        problems.append(
+            f"dataset_num_proc: {procs!r} is not a process count; use a number of at least 1, or auto (every "
+            "core for large data)."
+        )
     has_eval = bool(data.get("eval_data_path") or ratio > 0 or data.get("dataset_test_split"))
     strategy = str(train.get("eval_strategy", "no"))
     if strategy != "no" and not has_eval:

@@ -17,7 +17,14 @@ import numpy as np
 from sftforge.data.cache import CacheStatus
 from sftforge.data.columns import compile_columns
 from sftforge.data.mixing import mix_report, plan_mixture, resolve_strategy
-from sftforge.data.pipeline import DataStats, PreparedData, TokenizeSpec, holdout_positions, prepare_data
+from sftforge.data.pipeline import (
+    DataStats,
+    PreparedData,
+    TokenizeSpec,
+    holdout_positions,
+    merge_stats,
+    prepare_data,
+)
 from sftforge.data.store import ExampleView
 
 
@@ -69,7 +76,9 @@ def prepare_mixture(data: Any, spec: TokenizeSpec, seed: int) -> PreparedData:
         evaluation, eval_stats = held_out.train, held_out.train_stats
     elif held_views:
         evaluation = concatenate(held_views)
-    stats = merged_stats([p.train_stats for p in parts])
+    stats = DataStats()
+    for part in parts:
+        merge_stats(stats, part.train_stats)
     stats.tokens = int(train.lengths.sum())  # what the mix trains per epoch, repeats included
     stats.trained_tokens = int(train.trained_counts.sum())
     prepared = PreparedData(train, evaluation, stats, eval_stats, cache=_cache_status(parts))
@@ -95,17 +104,6 @@ def concatenate(views: list[ExampleView]) -> ExampleView:
     source = np.concatenate([np.full(len(v), s, dtype=np.int32) for s, v in enumerate(views)])
     index = np.concatenate([np.arange(len(v), dtype=np.int64) for v in views])
     return pick(views, source, index)
-
-
-def merged_stats(all_stats: list[DataStats]) -> DataStats:
-    total = DataStats()
-    for stats in all_stats:
-        for name, value in vars(stats).items():
-            if isinstance(value, Counter):
-                getattr(total, name).update(value)
-            else:
-                setattr(total, name, getattr(total, name) + value)
-    return total
 
 
 def _cache_status(parts: list[PreparedData]) -> CacheStatus:

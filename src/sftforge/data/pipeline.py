@@ -12,7 +12,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ class PreparedData:
     mix: list[str] = field(default_factory=list)  # `datasets:`: the mix report lines (data/mixture.py)
 
 
-def _rows_from_files(spec: Sequence[str], key: str) -> Iterator[SourceRow]:
+def _rows_from_files(spec: Sequence[str | Path], key: str) -> Iterator[SourceRow]:
     for path in resolve_key_files(list(spec), key):
         try:
             yield from iter_rows(path)
@@ -170,41 +170,63 @@ def write_examples(
     )
     results = (result for batch in batches for result in batch)
     try:
-        for status, what, payload in tqdm(results, desc=desc, unit=" rows", mininterval=0.5):
-            stats.rows += 1
-            if status == "drop":
-                stats.dropped[what] += 1
-                continue
-            if status == "fatal":
-                raise DataError(f"{payload} [{what}]")
-            if status == "bad":
-                if on_bad_rows == "error":
-                    raise DataError(
-                        f"{payload} [{what}]\n"
-                        "Fix the row, or set `on_bad_rows: skip` to drop unusable rows and count them by reason."
-                    )
-                stats.dropped[what] += 1
-                first_bad.setdefault(what, payload)
-                continue
-            pairs = [payload]
-            if status == "split":
-                pairs = payload.examples
-                stats.split_rows[payload.reason] += 1
-                stats.split_examples += len(pairs)
-                stats.split_dropped.update(payload.dropped)
-            stats.kept += 1
-            stats.formats[what] += 1
-            for example, tok in pairs:
-                emit(example)
-                stats.methods[tok.method] += 1
-                stats.truncated += int(tok.truncated)
-                stats.tokens += len(example.input_ids)
-                stats.trained_tokens += len(example.labels) - example.labels.count(-100)
+        for result in tqdm(results, desc=desc, unit=" rows", mininterval=0.5):
+            account(result, stats, first_bad, on_bad_rows, emit)
     finally:
         batches.close()
     if on_bad_rows == "skip":
         check_bad_rows(stats, max_bad_fraction, split, first_bad)
     return stats
+
+
+def account(
+    result: tuple[str, str, Any],
+    stats: DataStats,
+    first_bad: dict[str, str],
+    on_bad_rows: str,
+    emit: Callable[[Example], None],
+) -> None:
+    """One row's `process_rows` result: count it, hand its examples to `emit`, or raise DataError (a fatal row,
+    or a bad one under `on_bad_rows: error`)."""
+    status, what, payload = result
+    stats.rows += 1
+    if status == "drop":
+        stats.dropped[what] += 1
+        return
+    if status == "fatal":
+        raise DataError(f"{payload} [{what}]")
+    if status == "bad":
+        if on_bad_rows == "error":
+            raise DataError(
+                f"{payload} [{what}]\n"
+                "Fix the row, or set `on_bad_rows: skip` to drop unusable rows and count them by reason."
+            )
+        stats.dropped[what] += 1
+        first_bad.setdefault(what, payload)
+        return
+    pairs = [payload]
+    if status == "split":
+        pairs = payload.examples
+        stats.split_rows[payload.reason] += 1
+        stats.split_examples += len(pairs)
+        stats.split_dropped.update(payload.dropped)
+    stats.kept += 1
+    stats.formats[what] += 1
+    for example, tok in pairs:
+        emit(example)
+        stats.methods[tok.method] += 1
+        stats.truncated += int(tok.truncated)
+        stats.tokens += len(example.input_ids)
+        stats.trained_tokens += len(example.labels) - example.labels.count(-100)
+
+
+def merge_stats(total: DataStats, part: DataStats) -> None:
+    """Add `part`'s counts to `total` (shards of one split, sources of a mix)."""
+    for name, value in vars(part).items():
+        if isinstance(value, Counter):
+            getattr(total, name).update(value)
+        else:
+            setattr(total, name, getattr(total, name) + value)
 
 
 def bad_rows(stats: DataStats) -> Counter:
@@ -329,24 +351,58 @@ def _stats_from(doc: dict[str, Any]) -> _Written:
 
 def _tokenize_into(folder: Path, data: DataArguments, spec: TokenizeSpec) -> _Written:
     """Tokenize the training (and eval) rows into a token store in `folder`, example by example."""
-    if data.train_data_path:
-        train_rows: Iterable[SourceRow] = _rows_from_files(data.train_data_path, "train_data_path")
-    else:
-        train_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_train_split)
     splits: dict[str, dict[str, Any]] = {}
-    train_stats = _write_split(folder, "train", _take(train_rows, data.max_samples), data, spec, splits)
+    if data.train_data_path:
+        paths = resolve_key_files(data.train_data_path, "train_data_path")
+        train_stats = _write_files(folder, "train", paths, "train_data_path", data, spec, splits)
+    else:
+        rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_train_split)
+        train_stats = _write_split(folder, "train", _take(rows, data.max_samples), data, spec, splits)
     if not splits["train"]["examples"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in train_stats.dropped.most_common()) or "no rows were read"
         raise DataError(f"the training set is empty after preprocessing ({reasons}).")
     eval_stats: DataStats | None = None
-    eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
-        eval_rows = _rows_from_files(data.eval_data_path, "eval_data_path")
+        paths = resolve_key_files(data.eval_data_path, "eval_data_path")
+        eval_stats = _write_files(
+            folder, "eval", paths, "eval_data_path", replace(data, max_samples=None), spec, splits
+        )
     elif data.dataset_name and data.dataset_test_split:
-        eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
-    if eval_rows is not None:
-        eval_stats = _write_split(folder, "eval", eval_rows, data, spec, splits)
+        rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
+        eval_stats = _write_split(folder, "eval", rows, data, spec, splits)
     return _Written(splits, train_stats, eval_stats)
+
+
+def _write_files(
+    folder: Path,
+    split: str,
+    paths: list[Path],
+    key: str,
+    data: DataArguments,
+    spec: TokenizeSpec,
+    splits: dict[str, dict[str, Any]],
+) -> DataStats:
+    """Local files: on several cores, each worker reading its own share (data/sharded.py), when that pays."""
+    from sftforge.data.sharded import shard_processes, write_examples_sharded
+
+    processes = shard_processes(data.dataset_num_proc, paths, data.max_samples)
+    if processes > 1:
+        writer = StoreWriter(folder, split)
+        try:
+            stats = write_examples_sharded(
+                paths, key, spec, data.on_bad_rows, processes, f"Tokenizing {split}", writer,
+                max_bad_fraction=data.max_bad_row_fraction, split=split,
+            )  # fmt: skip
+        except BaseException:
+            writer.abort()
+            raise
+        if stats is not None:
+            splits[split] = writer.close()
+            return stats
+        writer.abort()
+    rows = _take(_rows_from_files(paths, key), data.max_samples)
+    one = replace(data, dataset_num_proc=1) if processes > 1 else data  # the workers could not start
+    return _write_split(folder, split, rows, one, spec, splits)
 
 
 def _write_split(

@@ -36,6 +36,7 @@ _DTYPES = {
     "src_offsets": np.int64,
 }
 _FLUSH_TOKENS = 1 << 20  # buffered tokens per write: bounded memory while a large split is written
+_COPY_BYTES = 1 << 24  # block size when appending another split's files (a multiple of every item size)
 
 
 class StoreWriter:
@@ -103,6 +104,33 @@ class StoreWriter:
         self._source_bytes += len(blob)
         self._ids, self._trained, self._lengths, self._counts, self._sources = [], [], [], [], []
         self._buffered = 0
+
+    def append_split(self, folder: Path, split: str) -> None:
+        """Append all examples of a finished split in another folder (a worker's shard). Its files are copied
+        in blocks with plain reads, not mapped: a copied gigabyte must not count in this process's memory."""
+        self._flush()
+        counts = {"examples": 0, "tokens": 0, "source_bytes": 0}
+        for kind, field in (
+            ("ids", "tokens"),
+            ("trained", None),
+            ("counts", "examples"),
+            ("src_blob", "source_bytes"),
+        ):
+            size = np.dtype(_DTYPES[kind]).itemsize
+            with open(Path(folder) / f"{split}.{kind}", "rb") as f:
+                while block := f.read(_COPY_BYTES):
+                    self._files[kind].write(block)
+                    self._hashes[kind].update(block)
+                    if field:
+                        counts[field] += len(block) // size
+        for kind, base in (("offsets", self.tokens), ("src_offsets", self._source_bytes)):
+            with open(Path(folder) / f"{split}.{kind}", "rb") as f:
+                f.seek(8)  # the leading 0: this writer's own last offset stands for it
+                while block := f.read(_COPY_BYTES):
+                    self._write(kind, np.frombuffer(block, dtype=np.int64) + base)
+        self.examples += counts["examples"]
+        self.tokens += counts["tokens"]
+        self._source_bytes += counts["source_bytes"]
 
     def close(self) -> dict[str, Any]:
         """Finish the files; returns the split's sizes and the SHA-256 of each file (the cache's meta.json)."""
