@@ -198,3 +198,41 @@ def test_pretrain_documents_are_cached_blocks_are_not(tmp_path, tokenizer):
     )  # new blocks and hold-out from the same documents
     fewer = prepare_pretrain_data(DataArguments(**args, max_length=32, max_samples=3), tokenizer, 0)
     assert fewer.cache.state == "stored"  # another input (max_samples), another entry
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 4, 7, 64])
+@pytest.mark.parametrize("options", [{}, {"drop_last": True}, {"isolate": True}, {"pack": False}])
+def test_blocks_read_from_the_token_store_equal_the_list_blocks(tmp_path, block_size, options):
+    """Training reads blocks from the documents' token store (BlockView); they are the list-built blocks."""
+    import random
+
+    from sftforge.data.blocks import BlockView
+    from sftforge.data.rows import Example
+    from sftforge.data.store import ExampleView, TokenStore, write_split
+
+    rng = random.Random(block_size)
+    docs = [[rng.randint(1, 500) for _ in range(rng.randint(1, 20))] + [9] for _ in range(60)]
+    sources = [f"c.txt:{i + 1}" for i in range(len(docs))]
+    folder = tmp_path / str(len(options))
+    store = TokenStore(
+        folder,
+        "train",
+        write_split(folder, "train", [Example(d, d, s) for d, s in zip(docs, sources, strict=True)]),
+    )
+    view = ExampleView.of(store).subset(
+        list(range(0, 60, 2)) + list(range(1, 60, 2))
+    )  # a reordered subset too
+    ordered_docs = [docs[i] for i in view.index.tolist()]
+    ordered_sources = [sources[i] for i in view.index.tolist()]
+    if options.get("pack") is False:
+        expected, stats = truncate_documents(ordered_docs, block_size, ordered_sources)
+        blocks = BlockView(view, block_size, packing=False)
+    else:
+        expected, stats = build_blocks(ordered_docs, block_size, sources=ordered_sources, **options)
+        blocks = BlockView(view, block_size, packing=True, **options)
+    assert list(blocks) == expected
+    got = blocks.stats
+    assert (got.documents, got.corpus_tokens, got.block_tokens, got.dropped_tokens, got.truncated) == (
+        stats.documents, stats.corpus_tokens, stats.block_tokens, stats.dropped_tokens, stats.truncated
+    )  # fmt: skip
+    assert got.blocks == len(expected) and blocks.lengths.tolist() == [len(b.input_ids) for b in expected]
