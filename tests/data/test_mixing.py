@@ -259,6 +259,7 @@ def test_load_config_accepts_datasets(tmp_path: Path, files: list[str]) -> None:
         ("train_data_path: {a}\nmix_strategy: interleave_over\n", "mix_strategy: applies to the sources"),
         ("datasets: []\n", "datasets: expected a non-empty list of sources"),
         ("datasets:\n  - path: {a}\nmix_by: bytes\n", "mix_by: 'bytes' is not one of examples, tokens"),
+        ("datasets:\n  - path: {a}\nstreaming: true\nmax_steps: 5\n", "datasets: a mix of several sources"),
     ],
 )
 def test_load_config_reports_mixing_mistakes(

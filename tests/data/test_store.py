@@ -58,6 +58,17 @@ def test_writes_are_buffered_yet_exact_across_flushes(
     assert list(ExampleView.of(store)) == examples
 
 
+def test_a_store_pickles_as_its_folder_not_its_arrays(tmp_path: Path) -> None:
+    import pickle
+
+    examples = random_examples(400, seed=6)
+    store = TokenStore(tmp_path, "train", write_split(tmp_path, "train", examples))
+    blob = pickle.dumps(ExampleDataset(ExampleView.of(store)))
+    assert len(blob) < 20_000  # index arrays only; the tokens stay in the files
+    again = pickle.loads(blob)
+    assert [again[i]["input_ids"] for i in range(len(again))] == [e.input_ids for e in examples]
+
+
 def test_an_empty_split_opens(tmp_path: Path) -> None:
     store = TokenStore(tmp_path, "eval", write_split(tmp_path, "eval", []))
     assert len(store) == 0 and len(ExampleView.of(store)) == 0

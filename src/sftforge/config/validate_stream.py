@@ -40,6 +40,12 @@ def check_streaming(
         problems.append("streaming_buffer: must be at least 1 row (1000 is a good start).")
     if data.get("stage") == "pt":
         problems.append("streaming: stage pt is not streamed yet; set streaming: false for pretraining.")
+    if data.get("datasets"):
+        problems.append(
+            "datasets: a mix of several sources is planned over their tokenized stores and is not streamed; list "
+            "the files in train_data_path to stream them one after another, or set streaming: false (the token "
+            "store keeps memory flat for large data too)."
+        )
     if str(train.get("eval_strategy", "no")) == "epoch":
         if "eval_strategy" in explicit:
             problems.append(

@@ -184,6 +184,13 @@ class TokenStore:
             raise ValueError(f"{self.folder}: the {split} arrays do not fit together (a damaged store)")
         self.lengths = np.diff(self.offsets).astype(np.int32)  # the one per-example array held in memory
 
+    # Pickled (a spawned DataLoader worker) as its folder, and mapped again there: never as a copy of the arrays
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": self.folder, "split": self.split}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["folder"], state["split"])  # type: ignore[misc]
+
     def _map(self, kind: str) -> np.ndarray:
         path = self.folder / f"{self.split}.{kind}"
         if path.stat().st_size == 0:  # np.memmap refuses empty files
