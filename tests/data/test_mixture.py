@@ -114,3 +114,5 @@ def test_sftforge_train_with_datasets_prints_the_mix(
     ]
     assert len(shares) == 2 and all(abs(s - 50.0) < 2.0 for s in shares)
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["global_step"] == 2
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "data mix: interleave_under by tokens" in card and sources["qa"] in card

@@ -25,7 +25,7 @@ import torch
 from sftforge.data.encoding import overlappable
 from sftforge.data.packing import pack_examples
 from sftforge.data.parallel import chunked, run_chunks
-from sftforge.data.pipeline import CHUNK_ROWS, DataStats, check_bad_rows
+from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_bad_rows
 from sftforge.data.readers import (
     SourceRow,
     iter_dataset_rows,
@@ -183,35 +183,10 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             check_bad_rows(stats, c.max_bad_fraction, "train", self._first_bad)
 
     def _consume(self, results: Iterable[tuple[str, str, Any]]) -> Iterator[Any]:
-        c, stats = self.config, self.stats
-        for status, what, payload in results:
-            stats.rows += 1
-            if status == "fatal":
-                raise DataError(f"{payload} [{what}]")
-            if status == "bad" and c.on_bad_rows == "error":
-                raise DataError(
-                    f"{payload} [{what}]\n"
-                    "Fix the row, or set `on_bad_rows: skip` to drop unusable rows and count them by reason."
-                )
-            if status in ("bad", "drop"):
-                stats.dropped[what] += 1
-                if status == "bad":
-                    self._first_bad.setdefault(what, payload)
-                continue
-            pairs = [payload]
-            if status == "split":
-                pairs = payload.examples
-                stats.split_rows[payload.reason] += 1
-                stats.split_examples += len(pairs)
-                stats.split_dropped.update(payload.dropped)
-            stats.kept += 1
-            stats.formats[what] += 1
-            for example, tok in pairs:
-                stats.methods[tok.method] += 1
-                stats.truncated += int(tok.truncated)
-                stats.tokens += len(example.input_ids)
-                stats.trained_tokens += len(example.labels) - example.labels.count(-100)
-                yield example
+        for result in results:  # counted, and bad rows handled, exactly as without streaming
+            made: list[Any] = []
+            account(result, self.stats, self._first_bad, self.config.on_bad_rows, made.append)
+            yield from made
 
     def _describe_drops(self) -> str:
         dropped = ", ".join(f"{r}: {n}" for r, n in self.stats.dropped.most_common())

@@ -271,6 +271,8 @@ def _packed_attention(cfg: SFTConfig) -> bool:
 
 def _describe_data(cfg: SFTConfig, data: PreparedData) -> str:
     source = cfg.data.train_data_path or [cfg.data.dataset_name]
+    if cfg.data.datasets:  # a mix: its report names every source and its share
+        source = [line.strip() for line in data.mix] or [str(d) for d in cfg.data.datasets]
     formats = ", ".join(f"{k}: {v}" for k, v in data.train_stats.formats.items())
     return (
         f"Data: {', '.join(map(str, source))} — {data.train_stats.kept} usable rows ({formats}); "
