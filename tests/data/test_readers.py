@@ -534,3 +534,22 @@ def test_real_json_array_sources_point_at_the_element(shared_data: Path) -> None
             lines[line].strip() == f'"instruction": {json.dumps(r.row["instruction"], ensure_ascii=False)},'
         )
     assert rows[-1].source.endswith(" (item 998)")
+
+
+def test_first_lines_of_the_ranges_are_counted_in_one_pass(tmp_path):
+    from sftforge.data.readers import iter_jsonl_range, jsonl_first_lines, split_jsonl
+
+    path = tmp_path / "mixed.jsonl"
+    lines = [f'{{"i": {i}}}' for i in range(200)]
+    ends = ["\n", "\r\n", "\r", "\n\n"]
+    path.write_bytes("".join(line + ends[i % 4] for i, line in enumerate(lines)).encode())
+    whole = [(r.source, r.row) for r in iter_rows(path)]
+    for parts in (1, 2, 7, 33):
+        ranges = split_jsonl(path, parts)
+        firsts = jsonl_first_lines(path, ranges)
+        got = [
+            (r.source, r.row)
+            for (a, b), n in zip(ranges, firsts, strict=True)
+            for r in iter_jsonl_range(path, a, b, n)
+        ]
+        assert got == whole

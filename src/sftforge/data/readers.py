@@ -354,8 +354,24 @@ def _line_start(f: BinaryIO, pos: int, size: int) -> int:
 
 def _lines_before(f: BinaryIO, offset: int) -> int:
     """How many lines end before byte `offset` (a line start)."""
-    f.seek(0)
-    count, left, after_cr = 0, offset, False
+    return _lines_between(f, 0, offset)
+
+
+def jsonl_first_lines(path: str | Path, ranges: list[tuple[int, int]]) -> list[int]:
+    """The number of the first line of each range of `split_jsonl(path, …)` (ranges in order, covering the file),
+    counted in one pass over the file — so that readers of the ranges need not each count from the start."""
+    first, lines = [], 1
+    with open(path, "rb") as f:
+        for start, end in ranges:
+            first.append(lines)
+            lines += _lines_between(f, start, end)
+    return first
+
+
+def _lines_between(f: BinaryIO, start: int, offset: int) -> int:
+    """How many lines end in bytes [start, offset) (both line starts)."""
+    f.seek(start)
+    count, left, after_cr = 0, offset - start, False
     while left > 0 and (block := f.read(min(BLOCK_BYTES, left))):
         left -= len(block)
         count += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")

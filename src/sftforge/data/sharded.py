@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from sftforge.data.parallel import chunked, run_chunks, usable_cores
 from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_bad_rows, merge_stats
-from sftforge.data.readers import iter_jsonl_range, iter_rows, split_jsonl
+from sftforge.data.readers import iter_jsonl_range, iter_rows, jsonl_first_lines, split_jsonl
 from sftforge.data.rows import TokenizeSpec, process_rows
 from sftforge.data.store import StoreWriter
 from sftforge.errors import DataError
 
-RANGE_BYTES = 8 << 20  # a .jsonl file is cut into ranges of about this size (at most 4 per process)...
+RANGE_BYTES = 8 << 20  # a .jsonl file is cut into ranges of about this size (at most 8 per process)...
 AUTO_MIN_BYTES = 32 << 20  # ...and `dataset_num_proc: auto` starts processes for this much data (~30k rows)
 SHARE_THREAD = False  # a worker per core already keeps the cores busy: no tokenizer thread on top
 
@@ -39,6 +39,7 @@ class Share:
     path: Path
     start: int | None = None  # byte range of a .jsonl file; None: the whole file
     end: int | None = None
+    first_line: int | None = None  # the number of the range's first line
 
 
 @dataclass
@@ -67,8 +68,13 @@ def plan_shares(paths: list[Path], processes: int) -> list[Share]:
         if path.suffix.lower() != ".jsonl" or size < 2 * RANGE_BYTES:
             shares.append(Share(path))  # read whole by one worker (with iter_rows' whole-file checks)
             continue
-        parts = min(4 * processes, max(2, size // RANGE_BYTES))
-        shares += [Share(path, a, b) for a, b in split_jsonl(path, parts) if b > a]
+        # Several shares per process: the last ones to finish are short, so no core idles long at the end
+        ranges = [
+            (a, b) for a, b in split_jsonl(path, min(8 * processes, max(2, size // RANGE_BYTES))) if b > a
+        ]
+        shares += [
+            Share(path, a, b, n) for (a, b), n in zip(ranges, jsonl_first_lines(path, ranges), strict=True)
+        ]
     return shares
 
 
@@ -83,7 +89,7 @@ def _init(spec: TokenizeSpec, on_bad_rows: str, key: str) -> None:
 def _rows(share: Share) -> Iterator[Any]:
     if share.start is None:
         return iter_rows(share.path)
-    return iter_jsonl_range(share.path, share.start, share.end or 0)
+    return iter_jsonl_range(share.path, share.start, share.end or 0, share.first_line)
 
 
 def write_share(share: Share, folder: str) -> ShareResult:
