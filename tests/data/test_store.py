@@ -124,6 +124,20 @@ def test_the_training_datasets_read_the_store(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(("n", "batch"), [(1, 8), (37, 4), (5_000, 8), (20_011, 2)])
+def test_length_grouped_order_equals_transformers_sampler(n: int, batch: int) -> None:
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from sftforge.data.train_sets import LengthGroupedIndexSampler
+
+    lengths = np.random.default_rng(n).integers(1, 60, n)  # many ties: stability matters
+    torch.manual_seed(3)
+    expected = get_length_grouped_indices(lengths.tolist(), batch)
+    torch.manual_seed(3)
+    assert list(LengthGroupedIndexSampler(lengths, batch)) == expected
+
+
 def _reference_best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     """The straightforward list-based algorithm packing used before index arrays: the oracle."""
     import bisect

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from sftforge.data.packing import PackedRows
 from sftforge.data.store import ExampleView
@@ -69,3 +69,37 @@ class PackedDataset(Dataset):
 
     def fill(self, capacity: int) -> float:
         return self.rows.fill(capacity)
+
+
+def length_grouped_order(lengths: np.ndarray, batch_size: int, generator: Any = None) -> np.ndarray:
+    """transformers' `get_length_grouped_indices` on an array: the same order for the same random state (one
+    `torch.randperm`), without its Python lists (a million examples would cost ~100 MB per epoch there)."""
+    import torch
+
+    n = len(lengths)
+    mult = min(n // (batch_size * 4), 50) or 1
+    order = torch.randperm(n, generator=generator).numpy()
+    size = mult * batch_size
+    maxima = []
+    for start in range(0, n, size):
+        mega = order[start : start + size]
+        order[start : start + size] = mega[np.argsort(-lengths[mega], kind="stable")]  # stable, like sorted()
+        maxima.append(lengths[order[start]])
+    if maxima:  # the longest example first, so that an out-of-memory happens at once
+        first = int(np.argmax(maxima)) * size
+        order[0], order[first] = order[first], order[0]
+    return order
+
+
+class LengthGroupedIndexSampler(Sampler):
+    """`group_by_length` sampling over a dataset's `lengths` array (see `length_grouped_order`)."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator: Any = None) -> None:
+        self.lengths, self.batch_size, self.generator = np.asarray(lengths), batch_size, generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        for i in length_grouped_order(self.lengths, self.batch_size, self.generator):
+            yield int(i)

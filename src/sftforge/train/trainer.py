@@ -54,12 +54,10 @@ class SFTTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         lengths = getattr(dataset, "lengths", None)
         if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
-            from transformers.trainer_pt_utils import LengthGroupedSampler
+            from sftforge.data.train_sets import LengthGroupedIndexSampler
 
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                dataset=dataset,
-                lengths=lengths.tolist(),
+            return LengthGroupedIndexSampler(
+                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps
             )
         return super()._get_train_sampler(train_dataset)
 
