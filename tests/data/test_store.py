@@ -183,7 +183,7 @@ from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE
 from sftforge.train.preprocess_once import run_once_per_machine
 
 dist.init_process_group("gloo")
-model, data_file, cache = sys.argv[1:4]
+model, data_file, cache, out = sys.argv[1:5]
 tok = AutoTokenizer.from_pretrained(model)
 data = DataArguments(train_data_path=[data_file], cache_dir=cache, eval_split_ratio=0.2)
 spec = TokenizeSpec.build(tok, DEFAULT_CHAT_TEMPLATE, data.max_length)
@@ -193,8 +193,10 @@ for view in (prepared.train, prepared.eval):
     for i in range(len(view)):
         h.update(view.token_ids(i).tobytes() + view.labels(i).tobytes() + view.source(i).encode())
 folders = sorted({str(s.folder) for s in prepared.train.stores})
-print("RESULT " + json.dumps({"rank": dist.get_rank(), "state": prepared.cache.state, "folders": folders,
-                              "digest": h.hexdigest(), "n": len(prepared.train)}), flush=True)
+# One file per rank: the ranks share one stdout, where their lines could interleave
+with open(os.path.join(out, f"rank{dist.get_rank()}.json"), "w") as f:
+    json.dump({"rank": dist.get_rank(), "state": prepared.cache.state, "folders": folders,
+               "digest": h.hexdigest(), "n": len(prepared.train)}, f)
 dist.barrier()
 dist.destroy_process_group()
 """
@@ -211,13 +213,10 @@ def test_every_rank_reads_the_one_store_the_local_main_wrote(
         port = str(sock.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           str(script), str(tiny_model_dir), str(data_file), str(tmp_path / "cache")]  # fmt: skip
+           str(script), str(tiny_model_dir), str(data_file), str(tmp_path / "cache"), str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = sorted(
-        (json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line),
-        key=lambda r: r["rank"],
-    )
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["state"] for r in results] == [
         "stored",
         "hit",
