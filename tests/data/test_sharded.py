@@ -101,10 +101,14 @@ def test_the_first_bad_row_in_data_order_stops_the_run(
 
 @pytest.mark.slow
 def test_a_broken_file_names_its_key(tmp_path: Path, files: list[Path], spec: TokenizeSpec) -> None:
-    broken = tmp_path / "c.json"
-    broken.write_text('[{"instruction": "a", "output": "b"}, {"instruction": ', encoding="utf-8")
-    with pytest.raises(DataError, match=r"^train_data_path: .*c\.json:1:\d+: invalid JSON"):
+    broken = tmp_path / "c.json"  # rows are read before the syntax error comes
+    good = ", ".join(json.dumps(row(i)) for i in range(50))
+    broken.write_text(f'[{good},\n{{"instruction": ', encoding="utf-8")
+    with pytest.raises(DataError) as sequential:
+        prepare_data(data_args([*files, broken], dataset_num_proc=1), spec, seed=0)
+    with pytest.raises(DataError, match=r"^train_data_path: .*c\.json:2:\d+: invalid JSON") as parallel:
         prepare_data(data_args([*files, broken], dataset_num_proc=2), spec, seed=0)
+    assert str(parallel.value) == str(sequential.value)
 
 
 def test_auto_starts_workers_only_for_large_local_data(

@@ -86,10 +86,18 @@ def _init(spec: TokenizeSpec, on_bad_rows: str, key: str) -> None:
     _WORKER = (spec, on_bad_rows, key)
 
 
-def _rows(share: Share) -> Iterator[Any]:
-    if share.start is None:
-        return iter_rows(share.path)
-    return iter_jsonl_range(share.path, share.start, share.end or 0, share.first_line)
+def _rows(share: Share, key: str) -> Iterator[Any]:
+    rows = (
+        iter_rows(share.path)
+        if share.start is None
+        else iter_jsonl_range(share.path, share.start, share.end or 0, share.first_line)
+    )
+    try:
+        yield from rows
+    except (
+        DataError
+    ) as e:  # a whole file is unusable (empty, broken JSON): say which key lists it, as in one process
+        raise DataError(f"{key}: {e}") from None
 
 
 def write_share(share: Share, folder: str) -> ShareResult:
@@ -102,13 +110,13 @@ def write_share(share: Share, folder: str) -> ShareResult:
     def emit(e: Any) -> None:
         writer.add(e.input_ids, e.labels, e.source)
 
-    batches = run_chunks(process_rows, spec, chunked(_rows(share), CHUNK_ROWS), 1, SHARE_THREAD)
+    batches = run_chunks(process_rows, spec, chunked(_rows(share, key), CHUNK_ROWS), 1, SHARE_THREAD)
     try:
         for batch in batches:
             for row in batch:
                 account(row, result.stats, result.first_bad, on_bad_rows, emit)
     except DataError as e:
-        result.error = str(e) if result.stats.rows else f"{key}: {e}"  # a whole-file error names the key
+        result.error = str(e)
     finally:
         batches.close()
         writer.close()
