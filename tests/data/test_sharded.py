@@ -136,3 +136,39 @@ def test_dataset_num_proc_accepts_auto_and_refuses_words(tmp_path: Path, files: 
     with pytest.raises(ConfigError, match="dataset_num_proc: 'many' is not a process count"):
         load_config(recipe, ["--dataset_num_proc", "many"])
     assert replace(DataArguments()).dataset_num_proc == "auto"
+
+
+NO_MAIN_GUARD = """
+import sys
+import sftforge.data.sharded as sharded
+from transformers import AutoTokenizer
+from sftforge.config.schema import DataArguments
+from sftforge.data.pipeline import TokenizeSpec, prepare_data
+from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE
+
+sharded.RANGE_BYTES = 20_000
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+spec = TokenizeSpec.build(tok, DEFAULT_CHAT_TEMPLATE, 256, truncation="right")
+data = DataArguments(train_data_path=[sys.argv[2]], preprocessing_cache=False, dataset_num_proc=2)
+print("EXAMPLES", len(prepare_data(data, spec, seed=0).train), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_falls_back_to_one_process(
+    tmp_path: Path, files: list[Path], tiny_model_dir: Path
+) -> None:
+    """Spawned workers re-run a script's top level; without `if __name__ == "__main__":` they cannot start. The
+    run goes on in this process with a warning instead of hanging or failing."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "train_script.py"
+    script.write_text(NO_MAIN_GUARD)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_model_dir), str(files[0])],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preprocessing workers could not run" in proc.stderr
+    assert proc.stdout.count("EXAMPLES") == 1 and "EXAMPLES 1500" in proc.stdout
