@@ -325,10 +325,10 @@ class _Written:
 
 
 def _stats_doc(written: _Written) -> dict[str, Any]:
-    return {"train": _plain_stats(written.train_stats), "eval": _plain_stats(written.eval_stats)}
+    return {"train": stats_to_doc(written.train_stats), "eval": stats_to_doc(written.eval_stats)}
 
 
-def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
+def stats_to_doc(stats: DataStats | None) -> dict[str, Any] | None:
     # Not dataclasses.asdict: it would rebuild each Counter from (key, count) pairs, counting the pairs.
     return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
 
@@ -336,7 +336,7 @@ def _plain_stats(stats: DataStats | None) -> dict[str, Any] | None:
 _COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
 
 
-def _data_stats(doc: dict[str, Any] | None) -> DataStats | None:
+def stats_from_doc(doc: dict[str, Any] | None) -> DataStats | None:
     if doc is None:
         return None
     counters = {k: Counter(doc.get(k, {})) for k in _COUNTERS}
@@ -344,9 +344,9 @@ def _data_stats(doc: dict[str, Any] | None) -> DataStats | None:
 
 
 def _stats_from(doc: dict[str, Any]) -> _Written:
-    train = _data_stats(doc["meta"]["train"])
+    train = stats_from_doc(doc["meta"]["train"])
     assert train is not None
-    return _Written(doc["splits"], train, _data_stats(doc["meta"]["eval"]))
+    return _Written(doc["splits"], train, stats_from_doc(doc["meta"]["eval"]))
 
 
 def _tokenize_into(folder: Path, data: DataArguments, spec: TokenizeSpec) -> _Written:

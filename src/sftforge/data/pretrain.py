@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,14 @@ from sftforge.data.cache import (
     scratch_folder,
 )
 from sftforge.data.formats import detect_format
-from sftforge.data.pipeline import DataStats, PreparedData, check_bad_rows, holdout_positions
+from sftforge.data.pipeline import (
+    DataStats,
+    PreparedData,
+    check_bad_rows,
+    holdout_positions,
+    stats_from_doc,
+    stats_to_doc,
+)
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
 from sftforge.data.store import ExampleView, StoreWriter, TokenStore
 from sftforge.errors import DataError, RowError
@@ -218,24 +224,24 @@ def _write_corpus(folder: Path, data: DataArguments, tokenizer: Any) -> tuple[di
     if not splits["train"]["examples"]:
         reasons = ", ".join(f"{r}: {n}" for r, n in stats.dropped.most_common()) or "no rows were read"
         raise DataError(f"the training corpus is empty after reading ({reasons}).")
-    meta["train"] = _plain(stats)
+    meta["train"] = stats_to_doc(stats)
     eval_rows: Iterable[SourceRow] | None = None
     if data.eval_data_path:
         eval_rows = _rows_from_files(data.eval_data_path, "eval_data_path", data)
     elif data.dataset_name and data.dataset_test_split:
         eval_rows = iter_dataset_rows(data.dataset_name, data.dataset_config, data.dataset_test_split)
     if eval_rows is not None:
-        meta["eval"], meta["has_eval"] = _plain(write("eval", eval_rows, "Tokenizing eval")), True
+        meta["eval"], meta["has_eval"] = stats_to_doc(write("eval", eval_rows, "Tokenizing eval")), True
     return splits, meta
 
 
 def _open_corpus(folder: Path, splits: dict[str, Any], meta: dict[str, Any]) -> Corpus:
-    stats = _stats(meta["train"])
+    stats = stats_from_doc(meta["train"])
     assert stats is not None
     corpus = Corpus(ExampleView.of(TokenStore(folder, "train", splits["train"])), stats)
     if meta["has_eval"]:
         corpus.eval_docs = ExampleView.of(TokenStore(folder, "eval", splits["eval"]))
-        corpus.eval_stats = _stats(meta["eval"])
+        corpus.eval_stats = stats_from_doc(meta["eval"])
     return corpus
 
 
@@ -280,19 +286,6 @@ def cached_corpus(data: DataArguments, tokenizer: Any) -> tuple[Corpus, CacheSta
         status = CacheStatus("miss", key, note=f"could not store: {type(e).__name__}: {e}")
         return tokenize_corpus(data, tokenizer), status
     return _open_corpus(folder, splits, meta), CacheStatus("stored", key, note=str(root))
-
-
-_COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
-
-
-def _plain(stats: DataStats | None) -> dict[str, Any] | None:
-    return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
-
-
-def _stats(doc: dict[str, Any] | None) -> DataStats | None:
-    if doc is None:
-        return None
-    return DataStats(**{**doc, **{k: Counter(doc.get(k, {})) for k in _COUNTERS}})
 
 
 def _blocks(docs: ExampleView, data: DataArguments) -> BlockView:
