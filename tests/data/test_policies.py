@@ -193,3 +193,9 @@ def test_sentinel_render_is_made_only_when_needed(tok: Any, monkeypatch: pytest.
     )
     assert "KEEP" in "".join(trained_runs(tok, encode(tok, flagged)))
     assert calls == [1]
+    # `loss_weight: 1` on assistant turns (LLaMA-Factory's v1 data marks every one) trains what the policy trains
+    # anyway: the spans are still whole prefix-diff turns, so no third render
+    weighted = conv(("user", "Q1"), Message("assistant", "A1", train=True), Message("user", "Q2", train=False),
+                    Message("assistant", "A2", train=True))  # fmt: skip
+    assert trained_runs(tok, encode(tok, weighted)) == ["A1" + IM_END, "A2" + IM_END]
+    assert calls == [1]

@@ -172,3 +172,20 @@ def test_a_script_without_a_main_guard_falls_back_to_one_process(
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "preprocessing workers could not run" in proc.stderr
     assert proc.stdout.count("EXAMPLES") == 1 and "EXAMPLES 1500" in proc.stdout
+
+
+def test_a_worker_starts_without_torch(spec: TokenizeSpec, tmp_path: Path) -> None:
+    """Every worker imports the preprocessing code and unpickles the tokenizer: that must not pull in torch or the
+    training config (transformers' TrainingArguments), which cost a worker ~4 s of CPU before its first row."""
+    import pickle
+    import subprocess
+    import sys
+
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(spec))
+    probe = (
+        "import pickle, sys, sftforge.data.sharded\n"
+        f"pickle.loads(open({str(tmp_path / 'spec.pkl')!r}, 'rb').read())\n"
+        "print(sorted(m for m in ('torch', 'sftforge.config.schema', 'peft') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -76,8 +76,17 @@ def test_an_empty_split_opens(tmp_path: Path) -> None:
 
 def test_a_label_other_than_its_token_is_refused(tmp_path: Path) -> None:
     writer = StoreWriter(tmp_path, "train")
-    with pytest.raises(ValueError, match="a label differs from its token id"):
-        writer.add([1, 2, 3], [1, 5, 3], "f.jsonl:1")
+    writer.add([1, 2, 3], [1, -100, 3], "f.jsonl:1")
+    writer.add(
+        [4, 5], [4, 6], "f.jsonl:2"
+    )  # checked in bulk when the buffer is written: before close() returns
+    writer.add([7], [-100], "f.jsonl:3")
+    with pytest.raises(ValueError, match="f.jsonl:2: a label differs from its token id"):
+        writer.close()
+    writer.abort()
+    writer = StoreWriter(tmp_path, "eval")
+    with pytest.raises(ValueError, match="f.jsonl:9: 2 token ids but 1 labels"):
+        writer.add([1, 2], [1], "f.jsonl:9")
     writer.abort()
 
 

@@ -243,7 +243,9 @@ def verify_spans(
             raise RowError(
                 "mask_mismatch", f"turn {i} (assistant): the trained span does not hold its content"
             )
-    if rendered.placed_by_prefix_only and all(m.train is not True for m in conv.messages):
+    if rendered.placed_by_prefix_only and not any(
+        m.train is True and m.role != "assistant" for m in conv.messages
+    ):
         return  # trained spans are whole prefix-diff turns: no other message's content can lie inside
     for k, (start, end) in rendered.contents.items():
         message = conv.messages[k]

@@ -14,12 +14,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sftforge.config.schema import DataArguments
 from sftforge.data.cache import (
     CacheStatus,
     cache_root,
@@ -44,6 +43,9 @@ from sftforge.data.rows import (  # re-exported: the pipeline's public names
 )
 from sftforge.data.store import ExampleView, StoreWriter, TokenStore
 from sftforge.errors import DataError
+
+if TYPE_CHECKING:  # the config pulls in transformers' TrainingArguments (torch): not in preprocessing workers
+    from sftforge.config.schema import DataArguments
 
 __all__ = [
     "ALWAYS_FATAL",

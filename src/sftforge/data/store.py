@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ _DTYPES = {
     "src_blob": np.uint8,
     "src_offsets": np.int64,
 }
-_FLUSH_TOKENS = 1 << 20  # buffered tokens per write: bounded memory while a large split is written
+_FLUSH_TOKENS = 1 << 18  # buffered tokens per write: bounded memory (~20 MB of Python lists) while writing
 _COPY_BYTES = 1 << 24  # block size when appending another split's files (a multiple of every item size)
 
 
@@ -47,10 +48,10 @@ class StoreWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._files = {kind: open(self.path(kind), "wb") for kind in KINDS}  # noqa: SIM115 — closed in close()
         self._hashes = {kind: hashlib.sha256() for kind in KINDS}  # as written: no second pass over the files
-        self._ids: list[np.ndarray] = []
-        self._trained: list[np.ndarray] = []
+        # The buffer: the examples' own token and label lists, until `_FLUSH_TOKENS` tokens are waiting
+        self._ids: list[Sequence[int]] = []
+        self._labels: list[Sequence[int]] = []
         self._lengths: list[int] = []
-        self._counts: list[int] = []
         self._sources: list[bytes] = []
         self._buffered = 0
         self.examples = 0
@@ -63,20 +64,15 @@ class StoreWriter:
         return self.folder / f"{self.split}.{kind}"
 
     def add(self, input_ids: Sequence[int], labels: Sequence[int], source: str) -> None:
-        ids = np.asarray(input_ids, dtype=np.int32)
-        lab = np.asarray(labels, dtype=np.int64)
-        if ids.shape != lab.shape:
-            raise ValueError(f"{source}: {len(ids)} token ids but {len(lab)} labels")
-        trained = lab != IGNORE_INDEX
-        # The store keeps a mask, not labels: a label is either -100 or the token itself everywhere in sftforge
-        if not np.array_equal(lab[trained], ids[trained]):
-            raise ValueError(f"{source}: a label differs from its token id; the token store cannot keep it")
-        self._ids.append(ids)
-        self._trained.append(trained.astype(np.uint8))
-        self._lengths.append(len(ids))
-        self._counts.append(int(trained.sum()))
+        """Buffer one example; its tokens are converted and checked with the rest of the buffer, in bulk
+        (per-example numpy conversions cost more than the whole write)."""
+        if len(input_ids) != len(labels):
+            raise ValueError(f"{source}: {len(input_ids)} token ids but {len(labels)} labels")
+        self._ids.append(input_ids)
+        self._labels.append(labels)
+        self._lengths.append(len(input_ids))
         self._sources.append(source.encode("utf-8", "surrogatepass"))
-        self._buffered += len(ids)
+        self._buffered += len(input_ids)
         if self._buffered >= _FLUSH_TOKENS:
             self._flush()
 
@@ -88,11 +84,25 @@ class StoreWriter:
     def _flush(self) -> None:
         if not self._lengths:
             return
-        self._write("ids", np.concatenate(self._ids))
-        self._write("trained", np.concatenate(self._trained))
-        ends = self.tokens + np.cumsum(np.asarray(self._lengths, dtype=np.int64))
-        self._write("offsets", ends)
-        self._write("counts", np.asarray(self._counts, dtype=np.int32))
+        n = self._buffered
+        ids = np.fromiter(chain.from_iterable(self._ids), dtype=np.int64, count=n)
+        labels = np.fromiter(chain.from_iterable(self._labels), dtype=np.int64, count=n)
+        trained = labels != IGNORE_INDEX
+        # The store keeps a mask, not labels: a label is either -100 or the token itself everywhere in sftforge
+        wrong = np.flatnonzero(trained & (labels != ids))
+        local_ends = np.cumsum(np.asarray(self._lengths, dtype=np.int64))
+        if len(wrong):
+            source = self._sources[int(np.searchsorted(local_ends, wrong[0], side="right"))].decode(
+                "utf-8", "surrogatepass"
+            )
+            raise ValueError(f"{source}: a label differs from its token id; the token store cannot keep it")
+        if len(ids) and (ids.min() < np.iinfo(np.int32).min or ids.max() > np.iinfo(np.int32).max):
+            raise ValueError("a token id does not fit the store's int32 ids")
+        self._write("ids", ids)
+        self._write("trained", trained)
+        trained_before = np.concatenate([[0], np.cumsum(trained, dtype=np.int64)])
+        self._write("counts", trained_before[local_ends] - trained_before[local_ends - self._lengths])
+        self._write("offsets", self.tokens + local_ends)
         blob = b"".join(self._sources)
         self._write("src_blob", np.frombuffer(blob, dtype=np.uint8))
         self._write(
@@ -100,9 +110,9 @@ class StoreWriter:
             self._source_bytes + np.cumsum(np.fromiter(map(len, self._sources), dtype=np.int64)),
         )
         self.examples += len(self._lengths)
-        self.tokens = int(ends[-1])
+        self.tokens += n
         self._source_bytes += len(blob)
-        self._ids, self._trained, self._lengths, self._counts, self._sources = [], [], [], [], []
+        self._ids, self._labels, self._lengths, self._sources = [], [], [], []
         self._buffered = 0
 
     def append_split(self, folder: Path, split: str) -> None:
