@@ -210,6 +210,51 @@ class Page:
             }"""
         )
 
+    def pace_chat_streams(self, ms: int = 15) -> None:
+        """Hands the page the server's chat stream one SSE event per read, `ms` apart, as a slow network would.
+
+        The page draws once per read of the response body. The tiny model writes its whole answer in a few
+        milliseconds, so on a loaded machine the browser may deliver every event in one read and the answer
+        appears at once, however the page behaves. Pacing the same bytes makes "drawn piece by piece" a
+        property of the page alone (the server's own streaming is tested against the API in test_api.py)."""
+        self.page.evaluate(
+            """ms => {
+                const original = window.fetch;
+                window.fetch = async (input, init) => {
+                    const response = await original(input, init);
+                    const url = typeof input === 'string' ? input : input.url;
+                    if (!url.endsWith('/v1/chat/completions') || !response.ok || !response.body) return response;
+                    const reader = response.body.getReader();
+                    const encoder = new TextEncoder(), decoder = new TextDecoder();
+                    let buffer = '';
+                    const paced = new ReadableStream({
+                        async pull(controller) {
+                            for (;;) {
+                                const cut = buffer.indexOf('\\n\\n');
+                                if (cut !== -1) {
+                                    const event = buffer.slice(0, cut + 2);
+                                    buffer = buffer.slice(cut + 2);
+                                    await new Promise(resolve => setTimeout(resolve, ms));
+                                    controller.enqueue(encoder.encode(event));
+                                    return;
+                                }
+                                const { value, done } = await reader.read();
+                                if (done) {
+                                    if (buffer) controller.enqueue(encoder.encode(buffer));
+                                    controller.close();
+                                    return;
+                                }
+                                buffer += decoder.decode(value, { stream: true });
+                            }
+                        },
+                        cancel(reason) { return reader.cancel(reason); },
+                    });
+                    return new Response(paced, { status: response.status, headers: response.headers });
+                };
+            }""",
+            ms,
+        )
+
     def answer_lengths(self) -> list[int]:
         return self.page.evaluate("() => window.__lengths")
 
@@ -252,6 +297,7 @@ def test_conversation_streams_matches_the_api_and_shows_chinese(chat_page, serve
     # nothing but newlines, which would show no text at all.
     page.settings(temperature=0.8, max_tokens=48, system="You are a helpful assistant.", seed=1234)
     page.observe_answer_lengths()
+    page.pace_chat_streams()
     page.send("Write a short poem about the sea.")
     assert page.wait_answer(1) == "true"
 
