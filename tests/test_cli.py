@@ -52,6 +52,31 @@ def test_config_error_from_subprocess_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_offline_hub_model_fails_fast_with_a_hint_and_no_traceback(tmp_path, data_file):
+    """A recipe naming a Hub model on a machine without it: exit 2 with what to do, before transformers' retries."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: fake-org/fake-model\ntrain_data_path: {data_file}\n"
+                      f"output_dir: {tmp_path / 'out'}\n")  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty-cache"))
+    proc = subprocess.run([sys.executable, "-m", "sftforge", "train", str(recipe)], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "model_name_or_path: 'fake-org/fake-model' is not a local folder" in proc.stderr
+    assert "`hf download fake-org/fake-model --local-dir DIR`" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_llama_factory_recipe_mistakes_are_explained(capsys, tmp_path, data_file):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_name_or_path: m\ntrain_data_path: {data_file}\nstage: dpo\nuse_unsloth: true\n"
+                      "lora_rnak: 8\n")  # fmt: skip
+    code, err = _run(capsys, "train", str(recipe))
+    assert code == 2 and "Traceback" not in err
+    assert "stage: LLaMA-Factory's stage: dpo is not supported" in err
+    assert "use_unsloth: not an sftforge key: Unsloth's kernels are not used" in err
+    assert "unknown key 'lora_rnak'. Did you mean 'lora_rank'?" in err
+
+
 def test_bad_row_in_error_mode_names_file_and_line(capsys, tmp_path, tiny_model_dir):
     data = tmp_path / "train.jsonl"
     good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
@@ -75,6 +100,14 @@ def test_help_lists_keys_and_aliases(capsys):
     ):
         assert key in out
     assert "max_seq_length → max_length" in out
+
+
+def test_help_names_what_llama_factory_recipes_may_keep(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset: a,b + dataset_dir (holds dataset_info.json" in out
+    assert "template: tokenizer | default | chatml | qwen |" in out and "--plot_loss" in out
+    assert "--new_special_tokens" in out and "also understood: train_on_prompt, mask_history" in out
 
 
 def test_unknown_command_suggests(capsys):

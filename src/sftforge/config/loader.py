@@ -7,7 +7,6 @@ model loads, naming the key and suggesting the closest valid name.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import functools
 import glob
@@ -19,6 +18,10 @@ from typing import Any
 import yaml
 
 from sftforge.config.coerce import coerce_value, field_type, scalar_from_text
+from sftforge.config.dataset_info import KEYS as DATASET_INFO_KEYS
+from sftforge.config.dataset_info import expand_named_datasets
+from sftforge.config.foreign_keys import explain_key, explain_value
+from sftforge.config.migrate import RENAMES, SWITCH_SECTIONS, SWITCHES, check_migrated
 from sftforge.config.peft_args import PeftArguments
 from sftforge.config.schema import (
     SECTIONS,
@@ -27,6 +30,7 @@ from sftforge.config.schema import (
     ModelArguments,
     SFTTrainingArguments,
 )
+from sftforge.config.suggest import section_names, suggest_key
 from sftforge.errors import ConfigError
 
 # Familiar names from TRL / LLaMA-Factory / older transformers → our canonical names.
@@ -69,6 +73,7 @@ ALIASES.update(
         "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     }
 )
+ALIASES.update(RENAMES)  # other tools' names for the same settings (config/migrate.py)
 
 # Training fields never written back (secrets, per-process values).
 # gradient_checkpointing* mirror activation_checkpointing* in transformers 5: dump the canonical pair only.
@@ -107,6 +112,11 @@ FIELDS = _field_table()
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
     """Read a YAML recipe. Sections `model:`, `data:`, `training:` are flattened; flat keys are the norm."""
+    return _read_recipe_sections(path)[0]
+
+
+def _read_recipe_sections(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """read_recipe, and the section each key was written under (for "did you mean" within that section)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(
@@ -119,18 +129,20 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}", source=str(p)) from None
     if loaded is None:
-        return {}
+        return {}, {}
     if not isinstance(loaded, dict):
         raise ConfigError(
             f"{p}: a recipe must be a mapping of key: value, got {type(loaded).__name__}.", str(p)
         )
     flat: dict[str, Any] = {}
+    sections: dict[str, str] = {}
     for key, value in loaded.items():
         if key in SECTIONS and isinstance(value, dict):
             flat.update(value)
+            sections.update(dict.fromkeys(value, key))
         else:
             flat[key] = value
-    return flat
+    return flat, sections
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -175,10 +187,31 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
 # ---------------------------------------------------------------- building
 
 
-def _suggest(key: str) -> str:
-    candidates = list(FIELDS) + list(ALIASES) + [_WARMUP_RATIO, _GROUP_BY_LENGTH, *_GUIDE_SWITCHES]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else " Run `sftforge train --help` for the valid keys."
+def _unknown_key(key: str, section: str | None) -> str:
+    """The problem line for an unknown key: another tool's key explained, else the closest name of its concept."""
+    foreign = explain_key(key)
+    if foreign:
+        return foreign
+    close = suggest_key(key, _known_names(), section)
+    return f"unknown key {key!r}." + (
+        f" Did you mean {close!r}?" if close else " Run `sftforge train --help` for the valid keys."
+    )
+
+
+@functools.cache
+def _known_names() -> dict[str, str]:
+    """Every name a recipe may use → its section."""
+    names = section_names(
+        {name: [f.name for f in dataclasses.fields(cls)] for name, cls in SECTIONS.items()}, ALIASES
+    )
+    extra = {_WARMUP_RATIO: "training", _GROUP_BY_LENGTH: "training", "mixed_precision": "training"}
+    extra |= {
+        "load_in_4bit": "peft",
+        "load_in_8bit": "peft",
+        **SWITCH_SECTIONS,
+        **dict.fromkeys(DATASET_INFO_KEYS, "data"),
+    }
+    return {**extra, **names}
 
 
 def _apply_aliases(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -250,6 +283,7 @@ _GUIDE_SWITCHES = {
     "mixed_precision": _apply_mixed_precision,
     "load_in_4bit": _apply_load_in_bits,
     "load_in_8bit": _apply_load_in_bits,
+    **SWITCHES,  # LLaMA-Factory / TRL keys that translate into sftforge's (config/migrate.py)
 }
 
 
@@ -269,17 +303,19 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
     """Read, merge, coerce and validate. Raises ConfigError listing every problem found."""
-    file_values = read_recipe(recipe) if recipe else {}
+    file_values, written_under = _read_recipe_sections(recipe) if recipe else ({}, {})
     cli_values = parse_overrides(overrides or [])
     problems: list[str] = []
     file_values = _apply_aliases(file_values, problems)
     cli_values = _apply_aliases(cli_values, problems)
     values = _merge(file_values, cli_values)
+    given = set(values)  # what the user set, before LLaMA-Factory's `dataset` names become data keys
+    values = expand_named_datasets(values, problems)
 
     per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
         if key not in FIELDS:
-            problems.append(f"unknown key {key!r}.{_suggest(key)}")
+            problems.append(_unknown_key(key, written_under.get(key)))
             continue
         section, f = FIELDS[key]
         try:
@@ -290,12 +326,15 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
             continue
         choices = f.metadata.get("choices")
         if choices and per_section[section][key] not in choices:
-            problems.append(f"{key}: {value!r} is not one of {', '.join(choices)}.")
+            problems.append(
+                explain_value(key, value) or f"{key}: {value!r} is not one of {', '.join(choices)}."
+            )
+    check_migrated(per_section, problems)
 
     from sftforge.config.validate import check_and_resolve  # local: validate imports torch lazily
 
     auto: dict[str, Any] = {}
-    notes = check_and_resolve(per_section, set(values), problems, auto)
+    notes = check_and_resolve(per_section, set(values) | given, problems, auto)
     if problems:
         raise ConfigError(problems, source=str(recipe) if recipe else "command line")
 
@@ -311,7 +350,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
         model,
         data,
         training,
-        explicit=set(values),
+        explicit=set(values) | given,
         notes=notes,
         auto_resolved=auto,
         recipe_path=str(recipe or ""),

@@ -25,6 +25,7 @@ COMMON_TRAINING_KEYS = (
     "lr_scheduler_kwargs",
     "logging_steps",
     "logging_dir",
+    "plot_loss",
     "eval_strategy",
     "eval_steps",
     "eval_generation",
@@ -88,4 +89,20 @@ def argument_reference() -> str:
         "         mixed_precision: bf16|fp16|no → bf16 / fp16, load_in_4bit / load_in_8bit: true → "
         "quantization_bit: 4 / 8; quantization_bit: 0 and max_samples: 0 mean off / every row"
     )
+    out += _migration_lines()
     return "\n".join(out)
+
+
+def _migration_lines() -> list[str]:
+    from sftforge.config.migrate import SWITCHES
+    from sftforge.data.named_templates import template_names
+
+    return [
+        "",
+        "from LLaMA-Factory / TRL recipes:",
+        "  dataset: a,b + dataset_dir (holds dataset_info.json: file_name | hf_hub_url, columns, tags, num_samples) "
+        "→ train_data_path + columns / tags, or datasets: [...]; eval_dataset → eval_data_path",
+        f"  template: {' | '.join(template_names())} | a .jinja file",
+        "  stage: sft | pt; plot_loss; new_special_tokens: '<a>,<b>'; logging_dir; lora_rank; lora_target: q_proj,v_proj | all",
+        "  also understood: " + ", ".join(SWITCHES),
+    ]

@@ -85,6 +85,15 @@ class ModelArguments:
             "saved config keeps the base's value, so generation is unaffected."
         ),
     )
+    # --- migrating recipes (issue 16): LLaMA-Factory's name
+    new_special_tokens: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "Tokens to add to the tokenizer as special tokens (never split, skipped when decoding), e.g. "
+            "'<tool_call>,</tool_call>' or a list; the embedding and LM head grow to match and the new rows are "
+            "trained (LoRA: in full, saved with the adapter). Saved with the model's tokenizer."
+        ),
+    )
 
 
 @dataclass
@@ -373,6 +382,13 @@ class SFTTrainingArguments(TrainingArguments):
     )
     eval_max_new_tokens: int = field(
         default=128, metadata=_help("With eval_generation: the most tokens generated per answer.")
+    )
+    # --- migrating recipes (issue 16): LLaMA-Factory's name
+    plot_loss: bool = field(
+        default=True,
+        metadata=_help(
+            "Write OUTPUT_DIR/loss.png (training and evaluation loss against steps); false skips it."
+        ),
     )
     # We tokenize ourselves and keep only model inputs, so the Trainer must not drop columns by signature.
     remove_unused_columns: bool = field(

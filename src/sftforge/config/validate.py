@@ -16,6 +16,7 @@ from sftforge.config.validate_mix import check_mixing
 from sftforge.config.validate_peft import check_peft
 from sftforge.config.validate_pt import check_pretraining
 from sftforge.config.validate_stream import check_streaming
+from sftforge.data.named_templates import chat_template_problem
 
 
 def cuda_available() -> bool:
@@ -58,7 +59,7 @@ def check_and_resolve(
         auto["ddp_backend"] = None
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     notes += check_mixing(values, explicit, problems)
-    _check_required(model, data, problems)
+    _check_required(model, data, problems, named_data="dataset" in explicit)
     _check_data(data, train, explicit, problems)
     notes += check_streaming(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -141,12 +142,15 @@ def _resolve_weights_dtype(values: dict[str, dict[str, Any]], on_gpu: bool, prob
     return [f"weights: {wanted} (as asked)"]
 
 
-def _check_required(model: dict, data: dict, problems: list[str]) -> None:
+def _check_required(model: dict, data: dict, problems: list[str], named_data: bool = False) -> None:
+    """named_data: LLaMA-Factory's `dataset:` names were given; when they gave no data, they said why already."""
     if not model.get("model_name_or_path") and not model.get("config_name"):
         problems.append(
             "model_name_or_path is required: a local model folder or a hub id "
             "(make one offline with `sftforge init-model DIR`), or config_name to train from scratch."
         )
+    if named_data:
+        return
     if not data.get("train_data_path") and not data.get("dataset_name") and not data.get("datasets"):
         problems.append(
             "no training data: set train_data_path (file, directory, glob or list), dataset_name or datasets."
@@ -154,6 +158,10 @@ def _check_required(model: dict, data: dict, problems: list[str]) -> None:
 
 
 def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]) -> None:
+    # chat_template: a shipped name (template: qwen), a .jinja file, tokenizer or default
+    template_problem = chat_template_problem(data["chat_template"]) if data.get("chat_template") else None
+    if template_problem:
+        problems.append(template_problem)
     for key in ("train_data_path", "eval_data_path"):
         for missing in data_paths_missing(data.get(key)):
             problems.append(f"{key}: {missing!r} does not exist (checked relative to {_cwd()}).")

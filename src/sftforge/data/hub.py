@@ -36,6 +36,9 @@ def iter_dataset_rows(
         for path in files:
             yield from iter_rows(path)
         return
+    from sftforge.config.sources import check_source
+
+    check_source(name, "dataset_name", repo_type="dataset", revision=revision)  # offline / no network: now
     import datasets
 
     try:

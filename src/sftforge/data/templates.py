@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from sftforge.data.named_templates import CHATML, chat_template_problem, named_template
 from sftforge.errors import ConfigError, RowError
 
 # ChatML with tools, tool calls and reasoning, for tokenizers that ship no template (and for our tiny models).
@@ -57,15 +58,19 @@ DEFAULT_END_OF_TURN = "<|im_end|>"
 def resolve_chat_template(spec: str | None, tokenizer: Any) -> tuple[str, str]:
     """Return (template_text, where_it_came_from).
 
-    spec: a path to a .jinja file, or None / "tokenizer" for the tokenizer's own template, or "default".
+    spec: a path to a .jinja file, a shipped name (`qwen`, `llama3`, ...: data/named_templates.py), None /
+    "tokenizer" for the tokenizer's own template, or "default" (ChatML; also "chatml").
     """
+    if spec and spec.lower() == CHATML:
+        return DEFAULT_CHAT_TEMPLATE, "chatml (sftforge's default ChatML)"
+    named = named_template(spec) if spec else None
+    if named is not None:
+        return named
     if spec and spec not in ("tokenizer", "default"):
+        problem = chat_template_problem(spec)
+        if problem:
+            raise ConfigError(problem)
         path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"chat_template: file {spec!r} does not exist. Give a path to a .jinja file, "
-                "'tokenizer' (use the tokenizer's own) or 'default' (ChatML)."
-            )
         return path.read_text(encoding="utf-8"), str(path)
     own = getattr(tokenizer, "chat_template", None)
     if spec != "default" and isinstance(own, str) and own.strip():

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftforge.config.schema import DataArguments, ModelArguments
-from sftforge.data.templates import TemplateInfo, resolve_chat_template
-from sftforge.errors import ConfigError
+from sftforge.config.sources import check_source
+from sftforge.data.named_templates import is_template_name
+from sftforge.data.templates import TemplateInfo, make_renderer, resolve_chat_template
+from sftforge.errors import ConfigError, RowError
 
 _DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -38,6 +40,11 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
 
     # From scratch (config_name), the tokenizer may live next to the config
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.config_name
+    key = next(
+        k for k in ("tokenizer_name_or_path", "model_name_or_path", "config_name") if getattr(model_args, k)
+    )
+    # A missing folder, or a Hub id while offline: said now, not after transformers' retries
+    check_source(name, key, revision=model_args.model_revision)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
@@ -53,11 +60,13 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
             f"tokenizer: cannot load {name!r}: {str(e).splitlines()[0]}\n    {hint}",
             source="model_name_or_path",
         ) from None
+    notes = add_special_tokens(tokenizer, model_args.new_special_tokens)  # before the template sees them
+    own = getattr(tokenizer, "chat_template", None)
     template, source = resolve_chat_template(data_args.chat_template, tokenizer)
     tokenizer.chat_template = (
         template  # saved with the model, so inference renders exactly what we trained on
     )
-    notes = [f"chat template: {source}"]
+    notes.insert(0, f"chat template: {source}" + _named_template_note(tokenizer, data_args, own, template))
     try:
         info = TemplateInfo.probe(tokenizer, template)
     except Exception as e:  # a template that cannot render even a plain user/assistant exchange
@@ -79,6 +88,42 @@ def load_tokenizer(model_args: ModelArguments, data_args: DataArguments) -> Toke
         notes.append("assistant spans: the template's {% generation %} markers (checked like any other)")
     notes += _ensure_pad_token(tokenizer, eot)
     return TokenizerBundle(tokenizer, info, source, notes)
+
+
+def add_special_tokens(tokenizer: Any, tokens: list[str] | None) -> list[str]:
+    """LLaMA-Factory's `new_special_tokens`: add them to the tokenizer as special (never split, skipped when
+    decoding). The model's embedding grows to match when it is loaded (model/peft.py), and both are saved."""
+    if not tokens:
+        return []
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"extra_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
+    added = len(tokenizer) - before
+    known = len(tokens) - added
+    return [
+        f"new special tokens: {added} added ({', '.join(tokens)})"
+        + (f"; {known} already in the vocabulary, now special" if known else "")
+    ]
+
+
+def _named_template_note(tokenizer: Any, data_args: DataArguments, own: Any, template: str) -> str:
+    """A shipped template chosen by name (`template: qwen`) where the tokenizer has its own that renders a plain
+    conversation differently: say so, since the tokenizer's own is usually the one the model was tuned with."""
+    spec = data_args.chat_template
+    if (
+        not spec
+        or not is_template_name(spec)
+        or not isinstance(own, str)
+        or not own.strip()
+        or own == template
+    ):
+        return ""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    try:
+        theirs, ours = (make_renderer(tokenizer, t, None)(probe, False) for t in (own, template))
+        same = theirs == ours
+    except RowError:
+        same = False
+    return "" if same else "; the tokenizer's own template renders differently (template: tokenizer uses it)"
 
 
 def _ensure_pad_token(tokenizer: Any, end_of_turn: list[str]) -> list[str]:
@@ -125,6 +170,7 @@ def load_model(
         if gradient_checkpointing:
             model.config.use_cache = False
         return model
+    check_source(model_args.model_name_or_path, "model_name_or_path", revision=model_args.model_revision)
     extra: dict[str, Any] = {}
     if quantization_config is not None:
         from sftforge.model.quant import quantized_device_map
@@ -157,6 +203,7 @@ def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: A
     special token ids follow the tokenizer, which is what the model will be trained with."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_source(model_args.config_name, "config_name", revision=model_args.model_revision)
     try:
         config = AutoConfig.from_pretrained(
             model_args.config_name,

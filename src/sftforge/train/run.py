@@ -12,6 +12,7 @@ from typing import Any
 from transformers import set_seed
 
 from sftforge.config import SFTConfig, dump_config
+from sftforge.config.sources import check_run_sources
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
 from sftforge.data.packing import pack_lengths
@@ -154,6 +155,7 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
 
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
+    check_run_sources(cfg.model, cfg.data)  # a missing folder, a Hub id while offline: before any work
     out = check_output_dir(cfg)
     if cfg.data.stage == "auto":  # → pt or sft, from the data
         resolve_stage(cfg.data, cfg.explicit)
@@ -229,7 +231,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         (out / "log_history.json").write_text(
             json.dumps(trainer.state.log_history, indent=2), encoding="utf-8"
         )
-        plot_loss(trainer.state.log_history, out / "loss.png")
+        if args.plot_loss:
+            plot_loss(trainer.state.log_history, out / "loss.png")
         write_model_card(
             out / "README.md",
             base_model=cfg.model.model_name_or_path or cfg.model.config_name,
