@@ -195,6 +195,14 @@ class DataArguments:
             "format or path usually makes most rows bad; 1.0 never stops)."
         ),
     )
+    max_dropped_fraction: float = field(
+        default=0.05,
+        metadata=_help(
+            "Stop when more than this fraction of the rows read is dropped for being longer than max_length "
+            "(in any on_bad_rows mode; the error shows the rows' length percentiles and a max_length that keeps "
+            "99% of them). Fewer drops train with a warning in the start-up summary; 1.0 never stops."
+        ),
+    )
     preprocessing_cache: bool = field(
         default=True,
         metadata=_help(

@@ -182,6 +182,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
             f"max_bad_row_fraction: {bad} must be in [0, 1] (0.1: stop when more than 10% of the rows are unusable; "
             "1: never stop)."
         )
+    dropped = data.get("max_dropped_fraction", 0.05)
+    if not 0.0 <= dropped <= 1.0:
+        problems.append(
+            f"max_dropped_fraction: {dropped} must be in [0, 1] (0.05: stop when more than 5% of the rows are "
+            "longer than max_length; 1: never stop)."
+        )
     if data.get("max_samples") == 0:  # LLaMA-Factory's guides: 0 = no limit
         data["max_samples"] = None
     if data.get("max_samples") is not None and data["max_samples"] < 1:
