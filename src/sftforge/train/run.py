@@ -213,6 +213,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     if len(data.eval):
         metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
+    metrics.update(row_metrics(data))
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -237,6 +238,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             training=args,
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
+            dropped=metrics["rows_dropped"],
             adapter=cfg.peft if cfg.peft.is_adapter else None,
             intro=_pretraining_intro(cfg),
         )
@@ -247,6 +249,18 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             merge_adapter(cfg.model.model_name_or_path, out, out / "merged", overwrite=True,
                           trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     return metrics
+
+
+def row_metrics(data: PreparedData) -> dict[str, Any]:
+    """Rows read, kept and dropped by reason (length drops included) for metrics.json and the model card; the
+    eval split's too when it was read from its own rows."""
+    out: dict[str, Any] = {}
+    for prefix, stats in (("", data.train_stats), ("eval_", data.eval_stats)):
+        if stats is not None:
+            out[f"{prefix}rows_read"] = stats.rows
+            out[f"{prefix}rows_kept"] = stats.kept
+            out[f"{prefix}rows_dropped"] = dict(stats.dropped.most_common())
+    return out
 
 
 def _pretraining_intro(cfg: SFTConfig) -> str | None:
