@@ -69,6 +69,15 @@ class ModelArguments:
             "'num_hidden_layers=4,hidden_size=256'."
         ),
     )
+    # --- long context ---
+    rope_scaling: dict[str, Any] | str | None = field(
+        default=None,
+        metadata=_help(
+            "RoPE scaling applied to the model's config at load, to train beyond its max_position_embeddings, e.g. "
+            "{rope_type: linear, factor: 2.0} or {rope_type: yarn, factor: 4.0} (transformers' rope_parameters; "
+            "`type` is read as rope_type). Saved with the model, so inference uses it too."
+        ),
+    )
     # Mixture-of-experts models (config has num_experts / num_local_experts): the router's load-balancing loss.
     router_aux_loss_coef: float | None = field(
         default=None,

@@ -15,6 +15,7 @@ from sftforge.config.loader import data_paths_missing
 from sftforge.config.validate_mix import check_mixing
 from sftforge.config.validate_peft import check_peft
 from sftforge.config.validate_pt import check_pretraining
+from sftforge.config.validate_rope import check_rope_scaling
 from sftforge.config.validate_stream import check_streaming
 
 
@@ -59,6 +60,7 @@ def check_and_resolve(
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     notes += check_mixing(values, explicit, problems)
     _check_required(model, data, problems)
+    check_rope_scaling(model, problems)
     _check_data(data, train, explicit, problems)
     notes += check_streaming(data, train, explicit, problems)
     on_gpu = cuda_available()

@@ -22,6 +22,7 @@ from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
+from sftforge.model.context import check_context_length
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.model.moe import configure_aux_loss, is_moe
 from sftforge.model.peft import apply_finetuning, count_parameters
@@ -159,9 +160,11 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         resolve_stage(cfg.data, cfg.explicit)
         kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
         cfg.notes.append(f"stage: auto → {cfg.data.stage} (the rows are {kind})")
-    # Before the data is prepared: a model packing would compute differently is refused
+    # Before the data is prepared: a model packing would compute differently is refused, and so is a max_length
+    # past the model's positions without RoPE scaling
     if _packed_attention(cfg):
         check_packing_supported(cfg.model)
+    cfg.notes.extend(check_context_length(cfg.model, cfg.data.max_length))
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
     # Several processes: the local main process tokenizes and fills the cache first, the others then read it,
