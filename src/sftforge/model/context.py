@@ -1,8 +1,8 @@
 """max_length against the model's context length, and the recipe's `rope_scaling` applied to the model's config.
 
-Positions past `max_position_embeddings` were never trained: without RoPE scaling the model sees angles it never
-saw and quality collapses, so a max_length above it is refused before any data is tokenized; with scaling (the
-model's own or the recipe's) it is what scaling is for, and the start-up summary says so.
+Positions past `max_position_embeddings` were never trained: without RoPE scaling the model meets rotation angles
+it never saw, so a max_length above it is refused before any data is tokenized; with scaling (the model's own or
+the recipe's) that is what scaling is for, and the start-up summary says so.
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def check_context_length(model_args: Any, max_length: int) -> list[str]:
     if scaling is None:
         raise ConfigError(
             f"max_length: {max_length} is more than the model's max_position_embeddings ({limit}) and its config "
-            "has no RoPE scaling, so positions past it were never trained and the model would not learn from "
-            f"them. Use max_length: {limit} or less, or extend the context with rope_scaling, e.g. "
+            "has no RoPE scaling: positions past it were never trained, and unscaled RoPE extrapolates badly "
+            f"there. Use max_length: {limit} or less, or extend the context with rope_scaling, e.g. "
             f"{{rope_type: yarn, factor: {-(-max_length // limit)}.0}} (factor ≥ max_length / {limit}).",
             "max_length",
         )
