@@ -48,7 +48,9 @@ def spec(tiny_model_dir: Path) -> TokenizeSpec:
 
 def test_the_pipeline_stops_at_the_row_or_counts_it(spec: TokenizeSpec) -> None:
     rows = [SourceRow(ALPACA, "mix.jsonl:1"), SourceRow(MLLM, "mix.jsonl:2")]
-    with pytest.raises(DataError, match=r"^mix\.jsonl:2: the row carries `images`.*\[multimodal_not_supported\]"):
+    with pytest.raises(
+        DataError, match=r"^mix\.jsonl:2: the row carries `images`.*\[multimodal_not_supported\]"
+    ):
         build_examples(rows, spec, "error", None, "t")
     examples, stats = build_examples(rows, spec, "skip", None, "t")
     assert [e.source for e in examples] == ["mix.jsonl:1"]
