@@ -118,3 +118,39 @@ def test_split_rows_are_shown_with_their_turn_and_reported(recipe: Path) -> None
         in text
     )
     assert "(as multi_turn: split asks)" in text  # why
+
+
+def test_lengths_are_shown_and_too_many_long_rows_are_a_warning_not_the_training_error(
+    recipe: Path, tiny_model_dir: Path
+) -> None:
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from sftforge.data.lengths import distribution, percentile
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = recipe.parent / "train.jsonl"
+    long = {
+        "messages": [{"role": "user", "content": "Story?"}, {"role": "assistant", "content": "word " * 100}]
+    }
+    data.write_text(data.read_text() + json.dumps(long) + "\n")  # 1 of 12 rows (8.3%) over max_length 64
+    alpaca = {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
+    lengths = Counter(
+        len(
+            tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
+        )
+        for r in [*ROWS[:10], alpaca, long]
+    )
+    out = io.StringIO()
+    assert inspect_data.run([str(recipe), "--num_examples", "0"], stdout=out) == 0
+    lines = out.getvalue().splitlines()
+    assert (
+        f" lengths      {distribution(lengths)} per row before truncation; max_length {percentile(lengths, 0.99)} "
+        "keeps 99% of rows whole"
+    ) in lines
+    warning = next(line for line in lines if "⚠ dropped" in line)
+    assert warning.startswith(
+        " ⚠ dropped 1 of 12 train rows (8.3%) longer than max_length=64 (exceeds_max_length: 1), more than "
+        "max_dropped_fraction=0.05: `sftforge train` stops"
+    )

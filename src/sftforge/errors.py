@@ -34,13 +34,15 @@ class RowError(ValueError):
     """One row cannot be used. Raised by the pure data stages; the pipeline adds the row's `file:line`.
 
     `reason` is a short stable code used to count skipped rows (e.g. "no_assistant_turn");
-    `detail` is the human explanation.
+    `detail` is the human explanation; `length`, for a row refused for its length, its tokens before truncation
+    (what the length statistics count).
     """
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: str, detail: str, length: int | None = None):
         self.reason = reason
         self.detail = detail
+        self.length = length
         super().__init__(f"{detail} [{reason}]")
 
     def __reduce__(self):  # picklable across worker processes (dataset_num_proc > 1)
-        return (type(self), (self.reason, self.detail))
+        return (type(self), (self.reason, self.detail, self.length))

@@ -1,8 +1,10 @@
 """`sftforge inspect RECIPE.yaml [--num_examples N] [--json] [--key value ...]`: see exactly what will be trained.
 
 Runs the same data path as `sftforge train` (no model is loaded): rendered examples with trained tokens
-highlighted, and the dataset statistics. `--json` prints one `{"input_ids": [...], "labels": [...]}` per training
-example, in order — what the trainer consumes — so anyone can audit the masks with their own tools.
+highlighted, and the dataset statistics, with the rows' length distribution and the max_length keeping 99% of
+them (rows over max_length are a warning here, not the error training stops with). `--json` prints one
+`{"input_ids": [...], "labels": [...]}` per training example, in order — what the trainer consumes — so anyone can
+audit the masks with their own tools.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     streamed = cfg.data.streaming  # a stream has no end to inspect: its first window, prepared as usual
     if streamed:
         cfg.data.streaming, cfg.data.max_samples = False, cfg.data.max_samples or cfg.data.streaming_buffer
+    # A look at the data, not a run: too many rows over max_length is a warning line here (with the lengths that
+    # would fit them), not the error `sftforge train` stops with
+    limit, cfg.data.max_dropped_fraction = cfg.data.max_dropped_fraction, 1.0
     bundle, data = prepare_tokenized_data(cfg)
+    cfg.data.max_dropped_fraction = limit
     examples = data.train if args.num_examples is None else data.train[: args.num_examples]
     if args.json:
         for example in examples:

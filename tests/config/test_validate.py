@@ -91,6 +91,19 @@ def test_max_bad_row_fraction_outside_0_1_is_refused(value, tmp_path, monkeypatc
     assert len(problems) == 1 and problems[0].startswith(f"max_bad_row_fraction: {value} must be in [0, 1]")
 
 
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_max_dropped_fraction_outside_0_1_is_refused(value, tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"messages": []}\n')
+    values = {"model": {"model_name_or_path": str(tmp_path)},
+              "data": {"train_data_path": [str(data)], "max_dropped_fraction": value},
+              "training": {}, "peft": {}, "launch": {}}  # fmt: skip
+    problems: list[str] = []
+    check_and_resolve(values, {"max_dropped_fraction"}, problems, {})
+    assert len(problems) == 1 and problems[0].startswith(f"max_dropped_fraction: {value} must be in [0, 1]")
+
+
 def test_a_missing_deepspeed_json_names_the_key_and_the_shipped_files(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     _, problems, _, _ = resolve({"deepspeed": "configs/deepspeed/zero9.json"}, tmp_path)

@@ -171,9 +171,10 @@ def test_c4_sft_path_loses_long_documents_pt_keeps_them(shared_data, tokenizer):
         DataArguments(train_data_path=[c4], stage="pt", packing=True, max_length=512), tokenizer, seed=0
     )
     assert pt.blocks.coverage == 1.0 and pt.blocks.corpus_tokens == pt.train_stats.trained_tokens
-    sft_args = DataArguments(
-        train_data_path=[c4], max_length=512, preprocessing_cache=False, dataset_num_proc=1
-    )
+    sft_args = DataArguments(  # max_dropped_fraction: 1.0 — losing the long documents is what is measured here
+        train_data_path=[c4], max_length=512, preprocessing_cache=False, dataset_num_proc=1,
+        max_dropped_fraction=1.0,
+    )  # fmt: skip
     spec = TokenizeSpec.build(tokenizer, tokenizer.chat_template, 512)
     sft = prepare_data(sft_args, spec, seed=0)
     kept = sft.train_stats.trained_tokens / pt.blocks.corpus_tokens

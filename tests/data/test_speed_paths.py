@@ -35,6 +35,7 @@ from sftforge.data.pipeline import (
     tokenize_row,
 )
 from sftforge.data.readers import SourceRow, iter_rows
+from sftforge.data.rows import Dropped
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _reference_renderer, make_renderer
 from sftforge.errors import RowError
 from sftforge.testing import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
@@ -72,8 +73,10 @@ def reference_row(spec: TokenizeSpec, row: SourceRow) -> tuple[str, str, Any]:
         conv = to_conversation(row.row, source=row.source)
         out = tokenize_row(conv, spec)
     except RowError as e:
-        status = "drop" if e.reason in DROPPED_NOT_BAD else "fatal" if e.reason in ALWAYS_FATAL else "bad"
-        return status, e.reason, f"{row.source}: {e.detail}"
+        message = f"{row.source}: {e.detail}"
+        if e.reason in DROPPED_NOT_BAD:  # with the row's length, which the length statistics count
+            return "drop", e.reason, Dropped(message, e.length)
+        return "fatal" if e.reason in ALWAYS_FATAL else "bad", e.reason, message
     toks = [(tok.input_ids, tok.labels, tok.method, tok.truncated) for tok in out.examples]
     if out.split is None:
         return "ok", conv.format, toks[0]

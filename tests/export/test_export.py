@@ -31,6 +31,24 @@ def test_model_card_names_base_data_hparams_metrics(tmp_path):
     assert "| eval_loss | 1.235 |" in text
 
 
+def test_model_card_lists_the_rows_dropped_by_reason(tmp_path):
+    training = SimpleNamespace(output_dir=str(tmp_path / "run1"), num_train_epochs=1, max_steps=-1,
+                               per_device_train_batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-4,
+                               lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+                               bf16=False, fp16=False, seed=3)  # fmt: skip
+    dropped = {"exceeds_max_length": 12, "bad_content_type": 2}
+    text = write_model_card(
+        tmp_path / "a.md", "base", "Data: d.jsonl", training, {}, {}, dropped=dropped
+    ).read_text()
+    table = "Rows dropped before training:\n\n| reason | rows |\n|---|---|\n| exceeds_max_length | 12 |\n"
+    assert table + "| bad_content_type | 2 |\n" in text
+    assert text.index("Data: d.jsonl") < text.index(table) < text.index("## Hyperparameters")
+    none = write_model_card(
+        tmp_path / "b.md", "base", "Data: d.jsonl", training, {}, {}, dropped={}
+    ).read_text()
+    assert "Rows dropped: none." in none
+
+
 def test_generation_eos_ids_put_end_of_turn_first():
     tok = SimpleNamespace(eos_token_id=7)
     assert generation_eos_ids(tok, [3]) == [3, 7]

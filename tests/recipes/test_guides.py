@@ -206,7 +206,8 @@ def test_the_open_r1_recipe_has_every_key_of_open_r1s():
 def test_open_r1_sft_as_written(make_tiny_model, tmp_path):
     name = "open_r1_sft.yaml"
     out = tmp_path / "out"
-    proc = run_recipe(name, make_tiny_model(arch_of(name)), out)
+    # As the header's offline line: the tiny model's 1024 positions, not Qwen2.5's 32768 (refused past them)
+    proc = run_recipe(name, make_tiny_model(arch_of(name)), out, "--max_length", "1024")
     assert "decision     precision: fp32 — the recipe asks for bf16, but there is no GPU" in proc.stdout
     assert "packing" in proc.stdout and len(losses(out)) == 2
     written = yaml.safe_load((out / "sftforge_config.yaml").read_text())

@@ -69,6 +69,15 @@ class ModelArguments:
             "'num_hidden_layers=4,hidden_size=256'."
         ),
     )
+    # --- long context ---
+    rope_scaling: dict[str, Any] | str | None = field(
+        default=None,
+        metadata=_help(
+            "RoPE scaling applied to the model's config at load, to train beyond its max_position_embeddings, e.g. "
+            "{rope_type: linear, factor: 2.0} or {rope_type: yarn, factor: 4.0} (transformers' rope_parameters; "
+            "`type` is read as rope_type). Saved with the model, so inference uses it too."
+        ),
+    )
     # Mixture-of-experts models (config has num_experts / num_local_experts): the router's load-balancing loss.
     router_aux_loss_coef: float | None = field(
         default=None,
@@ -202,6 +211,14 @@ class DataArguments:
         metadata=_help(
             "With on_bad_rows: skip, stop when more than this fraction of the rows read is unusable (a wrong "
             "format or path usually makes most rows bad; 1.0 never stops)."
+        ),
+    )
+    max_dropped_fraction: float = field(
+        default=0.05,
+        metadata=_help(
+            "Stop when more than this fraction of the rows read is dropped for being longer than max_length "
+            "(in any on_bad_rows mode; the error shows the rows' length percentiles and a max_length that keeps "
+            "99% of them). Fewer drops train with a warning in the start-up summary; 1.0 never stops."
         ),
     )
     preprocessing_cache: bool = field(

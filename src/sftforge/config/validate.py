@@ -15,6 +15,7 @@ from sftforge.config.loader import data_paths_missing
 from sftforge.config.validate_mix import check_mixing
 from sftforge.config.validate_peft import check_peft
 from sftforge.config.validate_pt import check_pretraining
+from sftforge.config.validate_rope import check_rope_scaling
 from sftforge.config.validate_stream import check_streaming
 from sftforge.data.named_templates import chat_template_problem
 
@@ -60,6 +61,7 @@ def check_and_resolve(
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     notes += check_mixing(values, explicit, problems)
     _check_required(model, data, problems, named_data="dataset" in explicit)
+    check_rope_scaling(model, problems)
     _check_data(data, train, explicit, problems)
     notes += check_streaming(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -189,6 +191,12 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
         problems.append(
             f"max_bad_row_fraction: {bad} must be in [0, 1] (0.1: stop when more than 10% of the rows are unusable; "
             "1: never stop)."
+        )
+    dropped = data.get("max_dropped_fraction", 0.05)
+    if not 0.0 <= dropped <= 1.0:
+        problems.append(
+            f"max_dropped_fraction: {dropped} must be in [0, 1] (0.05: stop when more than 5% of the rows are "
+            "longer than max_length; 1: never stop)."
         )
     if data.get("max_samples") == 0:  # LLaMA-Factory's guides: 0 = no limit
         data["max_samples"] = None

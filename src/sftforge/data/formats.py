@@ -39,6 +39,9 @@ ROLE_ALIASES = {
     "ipython": "tool",
 }
 _TEXT_KEYS = ("text", "value")
+# Media keys of multimodal rows (LLaMA-Factory's images/videos/audios, and the singular forms): no format reads
+# them, so such a row would train on its text alone, with "<image>" placeholders pointing at nothing.
+MEDIA_KEYS = ("images", "videos", "audios", "image", "video", "audio")
 _REASONING_KEYS = ("text", "value", "reasoning", "thinking")
 
 
@@ -69,6 +72,7 @@ def detect_format(row: Any) -> str:
 def to_conversation(row: Any, source: str = "") -> Conversation:
     """Convert one raw row to a validated Conversation (raises RowError if it cannot be used)."""
     fmt = detect_format(row)
+    _refuse_media(row)
     if fmt == "text":
         return Conversation(messages=[], source=source, format=fmt, meta={"text": _text_row(row)})
     if fmt == "alpaca":
@@ -82,6 +86,17 @@ def to_conversation(row: Any, source: str = "") -> Conversation:
     if fmt != "alpaca":  # alpaca reads its `system` field itself
         messages = _with_row_system(row, messages)
     return Conversation(messages=messages, tools=normalize_tools(row.get("tools")), source=source, format=fmt)
+
+
+def _refuse_media(row: dict[str, Any]) -> None:
+    media = [key for key in MEDIA_KEYS if row.get(key) not in (None, "", [], {})]
+    if media:
+        raise RowError(
+            "multimodal_not_supported",
+            f"the row carries {' and '.join(f'`{k}`' for k in media)}, which sftforge cannot train: it trains text "
+            "models, and the text alone would teach answers about media the model never sees. Remove the key (or "
+            "leave it empty) in text-only rows, or train this data with a multimodal trainer",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------

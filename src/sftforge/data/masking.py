@@ -37,10 +37,18 @@ class Tokenized:
     labels: list[int]
     truncated: bool = False
     method: str = ""  # how the spans were found: markers / prefix / sentinel (joined when mixed)
+    full_length: int | None = (
+        None  # truncated: the example's tokens before truncation (the length statistics)
+    )
 
     @property
     def num_trained(self) -> int:
         return len(self.labels) - self.labels.count(IGNORE_INDEX)
+
+    @property
+    def untruncated_length(self) -> int:
+        """Tokens of the whole example, as if max_length were unlimited."""
+        return len(self.input_ids) if self.full_length is None else self.full_length
 
 
 def trained_char_spans(

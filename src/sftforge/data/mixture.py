@@ -16,6 +16,7 @@ import numpy as np
 
 from sftforge.data.cache import CacheStatus
 from sftforge.data.columns import compile_columns
+from sftforge.data.lengths import check_length_drops
 from sftforge.data.mixing import mix_report, plan_mixture, resolve_strategy
 from sftforge.data.pipeline import (
     DataStats,
@@ -51,6 +52,7 @@ def prepare_mixture(data: Any, spec: TokenizeSpec, seed: int) -> PreparedData:
             max_samples=None,
             columns=src.columns,
             tags=src.tags,
+            max_dropped_fraction=1.0,  # checked once over all the sources, below
         )
         cmap = compile_columns(src.columns, src.tags, where=f"datasets[{i}].")
         part = prepare_data(one, replace(spec, columns=cmap), seed)
@@ -61,6 +63,10 @@ def prepare_mixture(data: Any, spec: TokenizeSpec, seed: int) -> PreparedData:
             view = view.subset(kept)
         parts.append(part)
         train_views.append(view)
+    stats = DataStats()
+    for part in parts:
+        merge_stats(stats, part.train_stats)
+    check_length_drops(stats, data.max_dropped_fraction, spec.max_length, spec.truncation, "train")
     strategy = resolve_strategy(data.mix_strategy, sources)
     plan = plan_mixture([v.trained_counts for v in train_views], sources, strategy, data.mix_by, seed)
     train = pick(train_views, plan.source, plan.index)
@@ -76,9 +82,6 @@ def prepare_mixture(data: Any, spec: TokenizeSpec, seed: int) -> PreparedData:
         evaluation, eval_stats = held_out.train, held_out.train_stats
     elif held_views:
         evaluation = concatenate(held_views)
-    stats = DataStats()
-    for part in parts:
-        merge_stats(stats, part.train_stats)
     stats.tokens = int(train.lengths.sum())  # what the mix trains per epoch, repeats included
     stats.trained_tokens = int(train.trained_counts.sum())
     prepared = PreparedData(train, evaluation, stats, eval_stats, cache=_cache_status(parts))

@@ -29,6 +29,7 @@ from sftforge.data.cache import (
     scratch_folder,
 )
 from sftforge.data.encoding import overlappable
+from sftforge.data.lengths import check_length_drops
 from sftforge.data.parallel import chunked, resolve_processes, run_chunks
 from sftforge.data.readers import SourceRow, iter_dataset_rows, iter_rows, resolve_key_files
 from sftforge.data.rows import (  # re-exported: the pipeline's public names
@@ -58,6 +59,7 @@ __all__ = [
     "bad_rows",
     "build_examples",
     "check_bad_rows",
+    "check_rows",
     "prepare_data",
     "process_row",
     "process_rows",
@@ -84,6 +86,8 @@ class DataStats:
     split_rows: Counter = field(default_factory=Counter)
     split_examples: int = 0
     split_dropped: Counter = field(default_factory=Counter)
+    # Rows by length in tokens before truncation (kept and dropped for length; data/lengths.py)
+    lengths: Counter = field(default_factory=Counter)
 
     @property
     def trained_fraction(self) -> float:
@@ -131,12 +135,14 @@ def build_examples(
     desc: str,
     *,
     max_bad_fraction: float = 1.0,
+    max_dropped_fraction: float = 1.0,
     split: str = "",
 ) -> tuple[list[Example], DataStats]:
     """Rows → a list of examples and their statistics (small sets, tests; training writes a token store with
     `write_examples`). `on_bad_rows: error` stops at the first unusable row; `skip` drops and counts it, and stops
-    after all rows when more than `max_bad_fraction` of them were unusable (1.0: never). `split` names the rows
-    in that message ("train", "eval")."""
+    after all rows when more than `max_bad_fraction` of them were unusable (1.0: never). Rows too long for
+    max_length stop it, in either mode, when more than `max_dropped_fraction` of them were dropped. `split`
+    names the rows in those messages ("train", "eval")."""
     examples: list[Example] = []
     stats = write_examples(
         rows,
@@ -146,6 +152,7 @@ def build_examples(
         desc,
         examples.append,
         max_bad_fraction=max_bad_fraction,
+        max_dropped_fraction=max_dropped_fraction,
         split=split,
     )
     return examples, stats
@@ -160,6 +167,7 @@ def write_examples(
     emit: Callable[[Example], None],
     *,
     max_bad_fraction: float = 1.0,
+    max_dropped_fraction: float = 1.0,
     split: str = "",
 ) -> DataStats:
     """`build_examples`, handing each example to `emit` (e.g. a token store's writer) as soon as it is made, in
@@ -176,9 +184,24 @@ def write_examples(
             account(result, stats, first_bad, on_bad_rows, emit)
     finally:
         batches.close()
+    check_rows(stats, spec, on_bad_rows, max_bad_fraction, max_dropped_fraction, split, first_bad)
+    return stats
+
+
+def check_rows(
+    stats: DataStats,
+    spec: TokenizeSpec,
+    on_bad_rows: str,
+    max_bad_fraction: float,
+    max_dropped_fraction: float,
+    split: str = "",
+    first_bad: dict[str, str] | None = None,
+) -> None:
+    """The checks over all the rows of a split: too many unusable rows (`on_bad_rows: skip`), then too many
+    dropped for their length (any mode)."""
     if on_bad_rows == "skip":
         check_bad_rows(stats, max_bad_fraction, split, first_bad)
-    return stats
+    check_length_drops(stats, max_dropped_fraction, spec.max_length, spec.truncation, split)
 
 
 def account(
@@ -194,6 +217,8 @@ def account(
     stats.rows += 1
     if status == "drop":
         stats.dropped[what] += 1
+        if payload.length is not None:
+            stats.lengths[payload.length] += 1
         return
     if status == "fatal":
         raise DataError(f"{payload} [{what}]")
@@ -212,6 +237,9 @@ def account(
         stats.split_rows[payload.reason] += 1
         stats.split_examples += len(pairs)
         stats.split_dropped.update(payload.dropped)
+        stats.lengths[payload.length] += 1
+    else:
+        stats.lengths[payload[1].untruncated_length] += 1
     stats.kept += 1
     stats.formats[what] += 1
     for example, tok in pairs:
@@ -281,10 +309,11 @@ def prepare_data(data: DataArguments, spec: TokenizeSpec, seed: int) -> Prepared
         folder, doc = found
         prepared = _open(folder, _stats_from(doc), data, seed)
         prepared.cache = CacheStatus("hit", key, time.perf_counter() - started)
-        if data.on_bad_rows == "skip":  # the threshold is no cache input: check the cached counts against it
-            check_bad_rows(prepared.train_stats, data.max_bad_row_fraction, "train")
-            if prepared.eval_stats is not None:
-                check_bad_rows(prepared.eval_stats, data.max_bad_row_fraction, "eval")
+        # The thresholds are no cache inputs: check the cached counts against them
+        for split, stats in (("train", prepared.train_stats), ("eval", prepared.eval_stats)):
+            if stats is not None:
+                check_rows(stats, spec, data.on_bad_rows, data.max_bad_row_fraction, data.max_dropped_fraction,
+                           split)  # fmt: skip
         return prepared
     try:
         tmp = new_entry(root, key)
@@ -335,13 +364,16 @@ def stats_to_doc(stats: DataStats | None) -> dict[str, Any] | None:
     return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
 
 
-_COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped")
+_COUNTERS = ("formats", "dropped", "methods", "split_rows", "split_dropped", "lengths")
+_INT_KEYED = ("lengths",)  # JSON (the cache's meta.json) writes every key as a string
 
 
 def stats_from_doc(doc: dict[str, Any] | None) -> DataStats | None:
     if doc is None:
         return None
     counters = {k: Counter(doc.get(k, {})) for k in _COUNTERS}
+    for k in _INT_KEYED:
+        counters[k] = Counter({int(key): n for key, n in counters[k].items()})
     return DataStats(**{**doc, **counters})
 
 
@@ -393,7 +425,8 @@ def _write_files(
         try:
             stats = write_examples_sharded(
                 paths, key, spec, data.on_bad_rows, processes, f"Tokenizing {split}", writer,
-                max_bad_fraction=data.max_bad_row_fraction, split=split,
+                max_bad_fraction=data.max_bad_row_fraction, max_dropped_fraction=data.max_dropped_fraction,
+                split=split,
             )  # fmt: skip
         except BaseException:
             writer.abort()
@@ -425,6 +458,7 @@ def _write_split(
             f"Tokenizing {split}",
             lambda e: writer.add(e.input_ids, e.labels, e.source),
             max_bad_fraction=data.max_bad_row_fraction,
+            max_dropped_fraction=data.max_dropped_fraction,
             split=split,
         )
     except BaseException:

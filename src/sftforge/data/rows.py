@@ -73,6 +73,16 @@ class SplitRow:
     reason: str  # a turns.SPLIT_REASONS key
     examples: list[tuple[Example, Tokenized]]
     dropped: Counter = field(default_factory=Counter)  # its examples dropped for length, by reason
+    length: int = 0  # the row's length: its longest example's tokens before truncation
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A row dropped for its length (`process_rows` status "drop"): the message, and the row's tokens before
+    truncation, which the length statistics count (they are the long tail a better max_length would keep)."""
+
+    message: str
+    length: int | None
 
 
 @dataclass
@@ -83,6 +93,7 @@ class RowExamples:
     split: Split | None = None
     turns: list[int] = field(default_factory=list)  # with `split`: the row's index of each example's turn
     dropped: Counter = field(default_factory=Counter)  # with `split`: examples dropped for length, by reason
+    length: int = 0  # the longest example's tokens before truncation, dropped ones included
 
 
 # encode(conv, mode): "row" decides (a Tokenized for one whole example, or a Split), "whole" encodes a conversation
@@ -91,8 +102,8 @@ Encode = Callable[[Conversation, str], Any]
 
 
 def process_row(spec: TokenizeSpec, source_row: SourceRow) -> tuple[str, str, Any]:
-    """One row → ("ok", format, (Example, Tokenized)), ("split", format, SplitRow) or ("bad" | "drop" | "fatal",
-    reason, message). Pure."""
+    """One row → ("ok", format, (Example, Tokenized)), ("split", format, SplitRow), ("drop", reason, Dropped) or
+    ("bad" | "fatal", reason, message). Pure."""
     return process_rows(spec, [source_row])[0]
 
 
@@ -154,7 +165,7 @@ def _success(conv: Conversation, out: RowExamples, source: str) -> tuple[str, st
         (Example(tok.input_ids, tok.labels, f"{source}#turn{turn}"), tok)
         for tok, turn in zip(out.examples, out.turns, strict=True)
     ]
-    return "split", conv.format, SplitRow(out.split.reason, pairs, out.dropped)
+    return "split", conv.format, SplitRow(out.split.reason, pairs, out.dropped, out.length)
 
 
 def row_examples(spec: TokenizeSpec, conv: Conversation, encode: Encode) -> RowExamples:
@@ -163,7 +174,8 @@ def row_examples(spec: TokenizeSpec, conv: Conversation, encode: Encode) -> RowE
     decision = encode(conv, "row")
     if not isinstance(decision, Split):  # one example: the whole conversation (or shortened forms of it)
         whole = partial(_whole, decision, conv, encode)
-        return RowExamples([fit_to_length(conv, whole, spec.max_length, spec.truncation)])
+        tok = fit_to_length(conv, whole, spec.max_length, spec.truncation)
+        return RowExamples([tok], length=tok.untruncated_length)
     out = RowExamples([], decision)
     last_drop: RowError | None = None
     for unit in split_units(conv, decision):
@@ -173,13 +185,15 @@ def row_examples(spec: TokenizeSpec, conv: Conversation, encode: Encode) -> RowE
             if e.reason not in DROPPED_NOT_BAD:
                 raise
             out.dropped[e.reason] += 1
+            out.length = max(out.length, e.length or 0)
             last_drop = e
             continue
         out.examples.append(tok)
         out.turns.append(unit.meta[SPLIT_TURN])
+        out.length = max(out.length, tok.untruncated_length)
     if not out.examples:
-        assert last_drop is not None
-        raise last_drop
+        assert last_drop is not None  # counted at the row's length, not at its last turn's
+        raise RowError(last_drop.reason, last_drop.detail, out.length)
     return out
 
 
@@ -254,10 +268,12 @@ def _encode_many(
         known[key] = (out.reason, out.detail) if isinstance(out, RowError) else out
 
 
-def _failure(error: RowError, source_row: SourceRow) -> tuple[str, str, str]:
+def _failure(error: RowError, source_row: SourceRow) -> tuple[str, str, Any]:
     reason = error.reason
-    status = "drop" if reason in DROPPED_NOT_BAD else "fatal" if reason in ALWAYS_FATAL else "bad"
-    return status, reason, f"{source_row.source}: {error.detail}"
+    message = f"{source_row.source}: {error.detail}"
+    if reason in DROPPED_NOT_BAD:
+        return "drop", reason, Dropped(message, error.length)
+    return "fatal" if reason in ALWAYS_FATAL else "bad", reason, message
 
 
 def tokenize_conversation(

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from sftforge.data.parallel import chunked, run_chunks, usable_cores
-from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_bad_rows, merge_stats
+from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_rows, merge_stats
 from sftforge.data.readers import iter_jsonl_range, iter_rows, jsonl_first_lines, split_jsonl
 from sftforge.data.rows import TokenizeSpec, process_rows
 from sftforge.data.store import StoreWriter
@@ -133,6 +133,7 @@ def write_examples_sharded(
     writer: StoreWriter,
     *,
     max_bad_fraction: float = 1.0,
+    max_dropped_fraction: float = 1.0,
     split: str = "",
 ) -> DataStats | None:
     """The examples of `paths`, made by `processes` workers, appended to `writer` in data order; their statistics.
@@ -176,6 +177,5 @@ def write_examples_sharded(
     finally:
         progress.close()
         shutil.rmtree(scratch, ignore_errors=True)
-    if on_bad_rows == "skip":
-        check_bad_rows(stats, max_bad_fraction, split, first_bad)
+    check_rows(stats, spec, on_bad_rows, max_bad_fraction, max_dropped_fraction, split, first_bad)
     return stats

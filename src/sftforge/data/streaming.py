@@ -25,7 +25,7 @@ import torch
 from sftforge.data.encoding import overlappable
 from sftforge.data.packing import pack_examples
 from sftforge.data.parallel import chunked, run_chunks
-from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_bad_rows
+from sftforge.data.pipeline import CHUNK_ROWS, DataStats, account, check_rows
 from sftforge.data.readers import (
     SourceRow,
     iter_dataset_rows,
@@ -105,6 +105,7 @@ class StreamConfig:
     max_rows: int | None = None  # max_samples: only the first rows of the data (all ranks together)
     on_bad_rows: str = "error"
     max_bad_fraction: float = 1.0
+    max_dropped_fraction: float = 1.0
 
 
 class StreamingDataset(torch.utils.data.IterableDataset):
@@ -179,8 +180,9 @@ class StreamingDataset(torch.utils.data.IterableDataset):
             yield from self._consume(result for batch in batches for result in batch)
         finally:
             batches.close()
-        if c.on_bad_rows == "skip":  # on the rows read so far, after each window
-            check_bad_rows(stats, c.max_bad_fraction, "train", self._first_bad)
+        # On the rows read so far, after each window
+        check_rows(stats, self.spec, c.on_bad_rows, c.max_bad_fraction, c.max_dropped_fraction, "train",
+                   self._first_bad)  # fmt: skip
 
     def _consume(self, results: Iterable[tuple[str, str, Any]]) -> Iterator[Any]:
         for result in results:  # counted, and bad rows handled, exactly as without streaming

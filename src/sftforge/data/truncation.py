@@ -32,17 +32,25 @@ def fit_to_length(conv: Conversation, encode: Encode, max_length: int, mode: str
             "too_long",
             f"{length} tokens is longer than max_length={max_length} (truncation: error); shorten the row, "
             "raise max_length, or choose truncation: turns, right or drop",
+            length,
         )
     if mode == "drop":
-        raise RowError("exceeds_max_length", f"{length} tokens > max_length={max_length} (truncation: drop)")
+        raise RowError(
+            "exceeds_max_length", f"{length} tokens > max_length={max_length} (truncation: drop)", length
+        )
     if mode == "right":
         cut = Tokenized(
-            out.input_ids[:max_length], out.labels[:max_length], truncated=True, method=out.method
+            out.input_ids[:max_length],
+            out.labels[:max_length],
+            truncated=True,
+            method=out.method,
+            full_length=length,
         )
         if cut.num_trained == 0:
             raise RowError(
                 "no_trainable_tokens_after_truncation",
                 f"{length} tokens > max_length={max_length} and no trained token is left after cutting",
+                length,
             )
         return cut
     return _drop_earliest_rounds(conv, encode, max_length, length)
@@ -73,10 +81,11 @@ def _drop_earliest_rounds(conv: Conversation, encode: Encode, max_length: int, l
                 break  # the remaining rounds have nothing to train
             raise
         if len(out.input_ids) <= max_length:
-            out.truncated = True
+            out.truncated, out.full_length = True, length
             return out
     raise RowError(
         "exceeds_max_length",
         f"{length} tokens > max_length={max_length}, and even its last round alone does not fit "
         "(truncation: turns never cuts inside the last trained answer); raise max_length or use truncation: right",
+        length,
     )

@@ -98,6 +98,8 @@ def data_overrides(
     """Command-line overrides for `load_config`: every row of `data` becomes one (unshuffled) training row."""
     argv = ["--model_name_or_path", tokenizer_dir, "--train_data_path", _as_list(data)]
     argv += ["--eval_split_ratio", "0", "--preprocessing_cache", "false", "--report_to", "none"]
+    # Evaluation lists its rows dropped for length as notes instead of stopping
+    argv += ["--max_dropped_fraction", "1.0"]
     if chat_template:
         argv += ["--chat_template", chat_template]
     for key, value in options.items():

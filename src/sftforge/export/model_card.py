@@ -34,10 +34,12 @@ def write_model_card(
     metrics: dict[str, Any],
     adapter: Any = None,
     intro: str | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> Path:
     """`adapter`: the run's PeftArguments when it trained an adapter (LoRA/DoRA, IA3, prefix/prompt/P-tuning: the
     folder is an adapter, not a model; the card says so and shows how to load, and where possible merge, it).
-    `intro`: the first sentence, when the run was no supervised fine-tune (pretraining)."""
+    `intro`: the first sentence, when the run was no supervised fine-tune (pretraining). `dropped`: the training
+    rows left out, by reason (too long for max_length, unusable), so a reader knows what the model never saw."""
     hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
     if adapter is not None:
         hp |= {k: getattr(adapter, k) for k in _adapter_hparams(adapter.finetuning_type)}
@@ -58,6 +60,7 @@ def write_model_card(
         "",
         data_desc,
         "",
+        *_dropped_lines(dropped),
         "## Hyperparameters",
         "",
         "| key | value |",
@@ -160,6 +163,21 @@ def _load_lines(output_dir: str, base_model: str, is_adapter: bool) -> list[str]
         f'tok = AutoTokenizer.from_pretrained("{output_dir}")  # the trained chat template',
         f'base = AutoModelForCausalLM.from_pretrained("{base_model}")',
         f'model = PeftModel.from_pretrained(base, "{output_dir}")',
+    ]
+
+
+def _dropped_lines(dropped: dict[str, int] | None) -> list[str]:
+    if dropped is None:
+        return []
+    if not dropped:
+        return ["Rows dropped: none.", ""]
+    return [
+        "Rows dropped before training:",
+        "",
+        "| reason | rows |",
+        "|---|---|",
+        *[f"| {reason} | {n} |" for reason, n in dropped.items()],
+        "",
     ]
 
 

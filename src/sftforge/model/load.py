@@ -176,6 +176,8 @@ def load_model(
         from sftforge.model.quant import quantized_device_map
 
         extra = {"quantization_config": quantization_config, "device_map": quantized_device_map()}
+    if model_args.rope_scaling:  # the rotary embedding is built from the config: it must carry the scaling
+        extra["config"] = _scaled_config(model_args)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_args.model_name_or_path,
@@ -195,6 +197,26 @@ def load_model(
     if gradient_checkpointing:
         model.config.use_cache = False
     return model
+
+
+def _scaled_config(model_args: ModelArguments) -> Any:
+    """The model's config with the recipe's rope_scaling applied (model/context.py)."""
+    from transformers import AutoConfig
+
+    from sftforge.model.context import with_rope_scaling
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {str(e).splitlines()[0]}",
+            source="model",
+        ) from None
+    return with_rope_scaling(config, model_args.rope_scaling)
 
 
 def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: Any) -> Any:
@@ -217,6 +239,10 @@ def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: A
         ) from None
     if model_args.config_overrides:
         config = _override(config, model_args.config_overrides)
+    if model_args.rope_scaling:
+        from sftforge.model.context import with_rope_scaling
+
+        config = with_rope_scaling(config, model_args.rope_scaling)
     if tokenizer is not None:
         config.vocab_size = len(tokenizer)
         for key in ("eos_token_id", "pad_token_id", "bos_token_id"):

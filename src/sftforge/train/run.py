@@ -23,6 +23,7 @@ from sftforge.errors import ConfigError
 from sftforge.export.model_card import write_model_card
 from sftforge.export.plot import plot_loss
 from sftforge.export.save import restore_checkpoint_dtype, save_model_folder
+from sftforge.model.context import check_context_length
 from sftforge.model.load import TokenizerBundle, load_model, load_tokenizer
 from sftforge.model.moe import configure_aux_loss, is_moe
 from sftforge.model.peft import apply_finetuning, count_parameters
@@ -161,9 +162,11 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         resolve_stage(cfg.data, cfg.explicit)
         kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
         cfg.notes.append(f"stage: auto → {cfg.data.stage} (the rows are {kind})")
-    # Before the data is prepared: a model packing would compute differently is refused
+    # Before the data is prepared: a model packing would compute differently is refused, and so is a max_length
+    # past the model's positions without RoPE scaling
     if _packed_attention(cfg):
         check_packing_supported(cfg.model)
+    cfg.notes.extend(check_context_length(cfg.model, cfg.data.max_length))
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
     # Several processes: the local main process tokenizes and fills the cache first, the others then read it,
@@ -215,6 +218,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     if len(data.eval):
         metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
+    metrics.update(row_metrics(data))
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
@@ -240,6 +244,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             training=args,
             extra={"max_length": cfg.data.max_length, "chat_template": bundle.template_source},
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
+            dropped=metrics["rows_dropped"],
             adapter=cfg.peft if cfg.peft.is_adapter else None,
             intro=_pretraining_intro(cfg),
         )
@@ -250,6 +255,18 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             merge_adapter(cfg.model.model_name_or_path, out, out / "merged", overwrite=True,
                           trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
     return metrics
+
+
+def row_metrics(data: PreparedData) -> dict[str, Any]:
+    """Rows read, kept and dropped by reason (length drops included) for metrics.json and the model card; the
+    eval split's too when it was read from its own rows."""
+    out: dict[str, Any] = {}
+    for prefix, stats in (("", data.train_stats), ("eval_", data.eval_stats)):
+        if stats is not None:
+            out[f"{prefix}rows_read"] = stats.rows
+            out[f"{prefix}rows_kept"] = stats.kept
+            out[f"{prefix}rows_dropped"] = dict(stats.dropped.most_common())
+    return out
 
 
 def _pretraining_intro(cfg: SFTConfig) -> str | None:

@@ -55,7 +55,8 @@ def prepare_streaming_data(cfg: SFTConfig, spec: TokenizeSpec) -> PreparedData:
     if eval_rows is not None:
         evaluation, eval_stats = build_examples(
             eval_rows, spec, data.on_bad_rows, data.dataset_num_proc, "Tokenizing eval",
-            max_bad_fraction=data.max_bad_row_fraction, split="eval",
+            max_bad_fraction=data.max_bad_row_fraction, max_dropped_fraction=data.max_dropped_fraction,
+            split="eval",
         )  # fmt: skip
     prepared = PreparedData([], evaluation, DataStats(), eval_stats)
     prepared.seconds = time.perf_counter() - started
@@ -81,6 +82,7 @@ def streaming_train_data(
         max_rows=cfg.data.max_samples,
         on_bad_rows=cfg.data.on_bad_rows,
         max_bad_fraction=cfg.data.max_bad_row_fraction,
+        max_dropped_fraction=cfg.data.max_dropped_fraction,
     )
     dataset = StreamingDataset(row_source(cfg.data), spec, config)
     data.train_stats = dataset.stats

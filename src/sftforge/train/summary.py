@@ -56,6 +56,7 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
             for i, line in enumerate(getattr(data, "mix", None) or [])
         ],
         f" dropped      {dropped}",
+        *length_lines(cfg, data),
         " masks        spans found by "
         + ", ".join(f"{k} {v}" for k, v in stats.methods.most_common())
         + f"; policy {cfg.data.train_on}, reasoning {'trained' if cfg.data.train_on_reasoning else 'not trained'}"
@@ -70,6 +71,19 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
             else []
         ),
     ]
+
+
+def length_lines(cfg: Any, data: Any) -> list[str]:
+    """The rows' length distribution, and a warning per split that lost rows to max_length."""
+    from sftforge.data.lengths import drop_warning, length_drops, lengths_line
+
+    d = cfg.data
+    line = lengths_line(data.train_stats)
+    lines = [f" lengths      {line}"] if line else []
+    for split, stats in (("train", data.train_stats), ("eval", getattr(data, "eval_stats", None))):
+        if stats is not None and length_drops(stats):
+            lines.append(f" {drop_warning(stats, d.max_length, d.max_dropped_fraction, split)}")
+    return lines
 
 
 def streaming_summary_lines(cfg: Any, data: Any) -> list[str]:
