@@ -53,7 +53,6 @@ FOREIGN_KEYS: dict[str, str] = {
     "and BLEU of generated answers",
     "predict_with_generate": "use eval_generation: true (answers the eval examples and scores them) or "
     "`sftforge eval`",
-    "rope_scaling": _MODEL_TRICKS + "; set rope_scaling in the model's config.json instead",
     "shift_attn": _MODEL_TRICKS,
     "mixture_of_depths": _MODEL_TRICKS,
     "use_llama_pro": _MODEL_TRICKS,
