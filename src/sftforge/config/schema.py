@@ -389,7 +389,7 @@ class LaunchArguments:
         default=None,
         metadata=_help(
             "Launch through `accelerate launch` with this config: ddp, zero2, zero3, zero3_offload, fsdp2 "
-            "(configs/accelerate/NAME.yaml) or a path to an accelerate config file."
+            "(shipped with sftforge, `sftforge configs` lists them) or a path to an accelerate config file."
         ),
     )
     num_processes: int | None = field(
