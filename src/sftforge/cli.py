@@ -46,6 +46,10 @@ def _train(argv: list[str]) -> int:
     cfg = load_config(recipe, overrides)
     if not inside_launched_process():  # inside one, the launch keys were used (and dropped) by the launcher
         check_launch_keys(cfg.launch)
+    if cfg.launch.dry_run:
+        from sftforge.train.dry_run import dry_run
+
+        return dry_run(cfg, argv)
     if cfg.launch.accelerate_config and not inside_launched_process():
         return launch(cfg.launch, argv, mixed_precision_of(cfg.training))
     from sftforge.config.reporting import prepare_reporters
