@@ -12,19 +12,25 @@ import yaml
 
 from sftforge.config.schema import LaunchArguments
 from sftforge.errors import ConfigError
-from sftforge.launch import NAMED, launch_command, resolve_accelerate_config, strip_launch_overrides
-
-REPO = Path(__file__).resolve().parents[1]
+from sftforge.launch import (
+    NAMED,
+    check_launch_keys,
+    launch_command,
+    resolve_accelerate_config,
+    strip_launch_overrides,
+)
+from sftforge.launch_configs import shipped_dir
 
 
 @pytest.mark.parametrize("name", NAMED)
-def test_every_shipped_name_resolves_and_its_deepspeed_json_exists(name):
+def test_every_shipped_name_resolves_and_its_deepspeed_json_exists(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./configs here: the package's own files
     path = resolve_accelerate_config(name)
-    assert path == REPO / "configs" / "accelerate" / f"{name}.yaml"
+    assert path == (shipped_dir() / "accelerate" / f"{name}.yaml").resolve()
     doc = yaml.safe_load(path.read_text())
     json_file = (doc.get("deepspeed_config") or {}).get("deepspeed_config_file")
     if json_file:
-        ds = json.loads((REPO / json_file).read_text())
+        ds = json.loads((shipped_dir().parent / json_file).read_text())
         assert ds["zero_optimization"]["stage"] == (2 if name == "zero2" else 3)
         assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled in from the recipe by the Trainer
 
@@ -92,3 +98,29 @@ def test_the_launch_removes_its_config_copy_when_the_run_ends(monkeypatch):
 
     assert launch(LaunchArguments("zero3"), ["r.yaml"], "no") == 0
     assert not seen[0].exists() and not seen[0].parent.exists()
+
+
+def test_launch_keys_without_a_launch_config_are_refused():
+    with pytest.raises(ConfigError, match="num_processes, num_machines set without accelerate_config"):
+        check_launch_keys(LaunchArguments(num_processes=2, num_machines=1))
+
+
+def test_a_multi_node_launch_needs_rank_address_and_the_total_process_count():
+    with pytest.raises(ConfigError) as e:
+        check_launch_keys(LaunchArguments("zero3", num_machines=2))
+    assert [p.split(" ")[0] for p in e.value.problems] == [
+        "machine_rank:",
+        "main_process_ip:",
+        "num_processes:",
+    ]
+    assert "e.g. 16 for 2 machines of 8 GPUs" in e.value.problems[2]
+    with pytest.raises(
+        ConfigError, match=r"machine_rank: 2 .* 0 on the main machine and 1 … 1 on the others"
+    ):
+        check_launch_keys(LaunchArguments("zero3", 16, num_machines=2, machine_rank=2, main_process_ip="h"))
+    with pytest.raises(ConfigError, match="num_processes: 15 counts the processes of all machines together"):
+        check_launch_keys(LaunchArguments("zero3", 15, num_machines=2, machine_rank=1, main_process_ip="h"))
+    with pytest.raises(ConfigError, match="machine_rank: 1 needs num_machines"):
+        check_launch_keys(LaunchArguments("zero3", 8, machine_rank=1))
+    check_launch_keys(LaunchArguments("zero3", 16, num_machines=2, machine_rank=1, main_process_ip="h"))
+    check_launch_keys(LaunchArguments("zero3", 8))

@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "the offline demo: tiny model, shipped data, before/after answers and score",
     "eval": "loss, perplexity and generation metrics (exact match, ROUGE-L, BLEU) on held-out data; base vs tuned",
     "plan": "per-GPU memory per strategy (DDP, ZeRO, FSDP2) from the model config; recommends a setup",
+    "configs": "the shipped launch configs (accelerate, DeepSpeed): list them, or copy one to edit",
 }
 
 
@@ -39,20 +40,18 @@ def _train(argv: list[str]) -> int:
     recipe = argv[0] if argv and not argv[0].startswith("--") else None
     overrides = argv[1:] if recipe else argv
     from sftforge.config import load_config
-    from sftforge.errors import ConfigError
-    from sftforge.launch import inside_launched_process, launch, mixed_precision_of
+    from sftforge.launch import check_launch_keys, inside_launched_process, launch, mixed_precision_of
     from sftforge.train.run import run_training
 
     cfg = load_config(recipe, overrides)
+    if not inside_launched_process():  # inside one, the launch keys were used (and dropped) by the launcher
+        check_launch_keys(cfg.launch)
+    if cfg.launch.dry_run:
+        from sftforge.train.dry_run import dry_run
+
+        return dry_run(cfg, argv)
     if cfg.launch.accelerate_config and not inside_launched_process():
         return launch(cfg.launch, argv, mixed_precision_of(cfg.training))
-    if cfg.launch.num_processes and not inside_launched_process():  # a launch key without a launch
-        raise ConfigError(
-            "num_processes is set without accelerate_config: name a launch config "
-            "(--accelerate_config ddp|zero2|zero3|zero3_offload|fsdp2 or a file), or start sftforge with "
-            "`accelerate launch` / `torchrun` yourself.",
-            "num_processes",
-        )
     from sftforge.config.reporting import prepare_reporters
 
     prepare_reporters(cfg.training)  # before the Trainer creates the reporters' callbacks
@@ -133,6 +132,14 @@ def _plan(argv: list[str]) -> int:
     return command.run(parser.parse_args(argv))
 
 
+def _configs(argv: list[str]) -> int:
+    from sftforge import configs_cmd
+
+    parser = argparse.ArgumentParser(prog="sftforge configs", description=COMMANDS["configs"])
+    configs_cmd.add_arguments(parser)
+    return configs_cmd.run(parser.parse_args(argv))
+
+
 HANDLERS = {
     "train": _train,
     "inspect": _inspect,
@@ -144,6 +151,7 @@ HANDLERS = {
     "demo": _demo,
     "eval": _eval,
     "plan": _plan,
+    "configs": _configs,
 }
 
 

@@ -20,28 +20,21 @@ from typing import Any
 import yaml
 
 from sftforge.errors import ConfigError
+from sftforge.launch_configs import NAMED, config_dirs
 
 TEMP_PREFIX = "sftforge-launch-"
-NAMED = ("ddp", "zero2", "zero3", "zero3_offload", "fsdp2")
 LAUNCH_KEYS = ("accelerate_config", "num_processes", "num_machines", "machine_rank", "main_process_ip",
                "main_process_port")  # fmt: skip
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, for an editable install
 FSDP_NEEDS_GPU = (
     "FSDP needs GPUs: accelerate turns its FSDP plugin on only for GPU-type devices; on CPU the processes would "
     "train plain DDP (with use_cpu) or not in sync at all (without). PyTorch's fully_shard itself runs on CPU, but "
     "not through the Trainer. To try sharded training on CPU use DeepSpeed ZeRO-3: --accelerate_config zero3 "
-    "(or accelerate launch --config_file configs/accelerate/zero3.yaml)."
+    "(`sftforge configs` shows the file)."
 )
 
 
 def inside_launched_process() -> bool:
     return "WORLD_SIZE" in os.environ or "LOCAL_RANK" in os.environ
-
-
-def config_dirs() -> list[Path]:
-    return list(
-        dict.fromkeys([Path.cwd() / "configs", SOURCE_ROOT / "configs"])
-    )  # once when they are the same
 
 
 def resolve_accelerate_config(value: str) -> Path:
@@ -55,7 +48,7 @@ def resolve_accelerate_config(value: str) -> Path:
             return candidate.resolve()
     raise ConfigError(
         f"accelerate_config: {value!r} is neither a file nor one of the shipped configs ({', '.join(NAMED)}; "
-        f"looked in {' and '.join(str(d / 'accelerate') for d in config_dirs())}).",
+        f"looked in {' and '.join(str(d / 'accelerate') for d in config_dirs())}). `sftforge configs` lists them.",
         "accelerate_config",
     )
 
@@ -80,6 +73,50 @@ def with_absolute_paths(config: Path, doc: dict[str, Any]) -> Path:
     out = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX)) / config.name
     out.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return out
+
+
+def check_launch_keys(launch: Any) -> None:
+    """The launch keys against each other, refused before any process starts: a process or node count without a
+    launch config, and a multi-node setup that accelerate would reject or that would hang waiting for peers."""
+    problems = []
+    given = [k for k in LAUNCH_KEYS[1:] if getattr(launch, k) is not None]
+    if given and not launch.accelerate_config:
+        problems.append(
+            f"{', '.join(given)} set without accelerate_config: name a launch config "
+            "(--accelerate_config ddp|zero2|zero3|zero3_offload|fsdp2 or a file), or start sftforge with "
+            "`accelerate launch` / `torchrun` yourself."
+        )
+    machines, rank = launch.num_machines, launch.machine_rank
+    if machines is not None and machines < 1:
+        problems.append(f"num_machines: {machines} must be at least 1.")
+    elif machines and machines > 1:
+        if rank is None or not 0 <= rank < machines:
+            problems.append(
+                f"machine_rank: {'missing' if rank is None else rank} — with num_machines: {machines} each machine "
+                f"needs its own rank, 0 on the main machine and 1 … {machines - 1} on the others."
+            )
+        if not launch.main_process_ip:
+            problems.append(
+                f"main_process_ip: missing — with num_machines: {machines} every machine needs the address of the "
+                "machine with machine_rank 0 (reachable from all of them)."
+            )
+        if launch.num_processes is None:
+            problems.append(
+                f"num_processes: missing — with num_machines: {machines} give the processes of all machines "
+                f"together (e.g. {8 * machines} for {machines} machines of 8 GPUs); the config's own value counts "
+                "all machines too, so 8 would leave half of each machine's GPUs idle."
+            )
+        elif launch.num_processes % machines:
+            problems.append(
+                f"num_processes: {launch.num_processes} counts the processes of all machines together and must "
+                f"divide evenly over num_machines: {machines}."
+            )
+    elif rank:
+        problems.append(
+            f"machine_rank: {rank} needs num_machines (the number of machines, more than {rank})."
+        )
+    if problems:
+        raise ConfigError(problems, "launch")
 
 
 def strip_launch_overrides(argv: list[str]) -> list[str]:

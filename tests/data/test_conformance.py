@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizer_families import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 from sftforge.data.conversation import Conversation
 from sftforge.data.formats import to_conversation
@@ -46,7 +47,6 @@ from sftforge.data.masking import IGNORE_INDEX, Tokenized
 from sftforge.data.pipeline import TokenizeSpec, process_row
 from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _string_arguments
-from sftforge.testing import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 TEMPLATES_DIR = SHARED_FIXTURES / "chat_templates"

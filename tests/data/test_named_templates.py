@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tokenizer_families import family_tokenizer
 
 from sftforge.data.named_templates import NAMED_TEMPLATES, template_names
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, TemplateInfo, resolve_chat_template
 from sftforge.errors import ConfigError
-from sftforge.testing.families import family_tokenizer
 
 SHIPPED = Path(__file__).resolve().parents[2] / "src" / "sftforge" / "data" / "chat_templates"
 SHARED_TEMPLATES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "chat_templates"

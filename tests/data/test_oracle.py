@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizer_families import EDGE_CASES, TEMPLATE_FAMILY, family_tokenizer
 
 from sftforge.data.conversation import Conversation
 from sftforge.data.formats import to_conversation
@@ -43,7 +44,6 @@ from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.spans import render_conversation
 from sftforge.data.templates import TemplateInfo
 from sftforge.errors import RowError
-from sftforge.testing import EDGE_CASES, TEMPLATE_FAMILY, family_tokenizer
 
 SHARED_FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 TRL_DIR = SHARED_FIXTURES / "chat_templates" / "trl"

@@ -15,12 +15,13 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from tokenizer_families import EDGE_CASES, family_tokenizer
 
 from sftforge.data.formats import to_conversation
 from sftforge.data.masking import IGNORE_INDEX, Tokenized
 from sftforge.data.pipeline import TokenizeSpec, process_rows, tokenize_conversation
 from sftforge.data.readers import SourceRow, iter_rows
-from sftforge.testing import EDGE_CASES, LLAMA2_CHAT_TEMPLATE, family_tokenizer
+from sftforge.testing import LLAMA2_CHAT_TEMPLATE
 
 SHARED_TEMPLATES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "chat_templates"
 

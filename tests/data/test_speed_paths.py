@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizer_families import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 import sftforge.data.encoding as encoding
 import sftforge.data.spans as spans
@@ -38,7 +39,6 @@ from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.rows import Dropped
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, _reference_renderer, make_renderer
 from sftforge.errors import RowError
-from sftforge.testing import EDGE_CASES, FAMILIES, OWN_TEMPLATE_FAMILY, TEMPLATE_FAMILY, family_tokenizer
 
 DATASETS = (
     "alpaca_en_demo.json",

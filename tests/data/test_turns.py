@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tokenizer_families import EDGE_CASES, family_tokenizer
 
 from sftforge.data.conversation import Conversation, Message
 from sftforge.data.formats import to_conversation
@@ -29,7 +30,6 @@ from sftforge.data.masking import IGNORE_INDEX, MaskOptions
 from sftforge.data.pipeline import TokenizeSpec, build_examples, process_row, tokenize_row
 from sftforge.data.readers import SourceRow, iter_rows
 from sftforge.data.templates import DEFAULT_CHAT_TEMPLATE, TemplateInfo
-from sftforge.testing import EDGE_CASES, family_tokenizer
 
 HARMONY = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates" / "harmony.jinja"
 QWEN3 = (

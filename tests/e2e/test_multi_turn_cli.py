@@ -44,9 +44,8 @@ def rows() -> list[dict]:
 @pytest.fixture(scope="module")
 def harmony_model(tmp_path_factory: pytest.TempPathFactory, make_tiny_model) -> Path:
     """The tiny model with the gptoss family tokenizer (embeddings resized to its tokens)."""
+    from tokenizer_families import family_tokenizer
     from transformers import AutoModelForCausalLM
-
-    from sftforge.testing import family_tokenizer
 
     tok = copy.deepcopy(family_tokenizer("gptoss"))
     model = AutoModelForCausalLM.from_pretrained(make_tiny_model("qwen2"))

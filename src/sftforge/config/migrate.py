@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from sftforge.launch_configs import shipped_deepspeed_json
 
 # Pure renames: the same setting under another tool's name.
 RENAMES: dict[str, str] = {
@@ -166,15 +169,19 @@ def check_migrated(values: dict[str, dict[str, Any]], problems: list[str]) -> No
         parts = [t.strip() for item in tokens for t in str(item).split(",")]
         model["new_special_tokens"] = list(dict.fromkeys(t for t in parts if t)) or None
     ds = train.get("deepspeed")
+    if isinstance(ds, str) and (Path(ds).is_file() or shipped_deepspeed_json(ds) is not None):
+        return  # a file, or a shipped name (zero2, zero3, zero3_offload): validate resolves it
     match = _DEEPSPEED_NAME.match(str(ds).strip().lower()) if isinstance(ds, str) else None
     if match:
         stage = match.group(3)
         launch = f"zero{stage}" + ("_offload" if match.group(4) and stage == "3" else "")
         if stage in ("2", "3"):
-            fix = f"accelerate_config: {launch} (sftforge launches through accelerate with DeepSpeed ZeRO-{stage})"
+            fix = (
+                f"deepspeed: {launch} (the shipped JSON) or accelerate_config: {launch} (sftforge launches "
+                f"through accelerate with DeepSpeed ZeRO-{stage})"
+            )
         else:
             fix = "accelerate_config: ddp (ZeRO stages 0 and 1 shard little; plain DDP is the shipped choice)"
         problems.append(
-            f"deepspeed: {ds!r} is a stage name, and deepspeed takes a DeepSpeed JSON file; use {fix}, or "
-            "deepspeed: configs/deepspeed/zero2.json (zero3.json, zero3_offload.json)."
+            f"deepspeed: {ds!r} is a stage name sftforge does not ship; use {fix}, or a DeepSpeed JSON file."
         )

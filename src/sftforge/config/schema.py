@@ -422,7 +422,7 @@ class LaunchArguments:
         default=None,
         metadata=_help(
             "Launch through `accelerate launch` with this config: ddp, zero2, zero3, zero3_offload, fsdp2 "
-            "(configs/accelerate/NAME.yaml) or a path to an accelerate config file."
+            "(shipped with sftforge, `sftforge configs` lists them) or a path to an accelerate config file."
         ),
     )
     num_processes: int | None = field(
@@ -432,6 +432,14 @@ class LaunchArguments:
     machine_rank: int | None = field(default=None, metadata=_help("This machine's rank, 0 … num_machines-1."))
     main_process_ip: str | None = field(default=None, metadata=_help("Address of the rank-0 machine."))
     main_process_port: int | None = field(default=None, metadata=_help("Port on the rank-0 machine."))
+    dry_run: bool = field(
+        default=False,
+        metadata=_help(
+            "Check the run without training (usually on the command line: --dry_run): every config check, the "
+            "launch command, tokenizer and chat template, the data read and tokenized (cached for the real run), "
+            "the model built from its config without weights; prints the start-up summary and exits."
+        ),
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -62,6 +62,7 @@ def check_and_resolve(
     notes += check_mixing(values, explicit, problems)
     _check_required(model, data, problems, named_data="dataset" in explicit)
     check_rope_scaling(model, problems)
+    notes += _resolve_deepspeed_name(train, auto)
     _check_data(data, train, explicit, problems)
     notes += check_streaming(data, train, explicit, problems)
     on_gpu = cuda_available()
@@ -159,6 +160,18 @@ def _check_required(model: dict, data: dict, problems: list[str], named_data: bo
         )
 
 
+def _resolve_deepspeed_name(train: dict, auto: dict[str, Any]) -> list[str]:
+    """`deepspeed: zero3`: a shipped DeepSpeed JSON by name (package data, so a wheel install has it too). The
+    written config keeps the name. A file of that name in the current folder wins."""
+    from sftforge.launch_configs import shipped_deepspeed_json
+
+    name = train.get("deepspeed")
+    if not isinstance(name, str) or Path(name).is_file() or (path := shipped_deepspeed_json(name)) is None:
+        return []
+    train["deepspeed"], auto["deepspeed"] = str(path), name
+    return [f"deepspeed: {name} → {path} (shipped)"]
+
+
 def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]) -> None:
     # chat_template: a shipped name (template: qwen), a .jinja file, tokenizer or default
     template_problem = chat_template_problem(data["chat_template"]) if data.get("chat_template") else None
@@ -177,8 +190,9 @@ def _check_data(data: dict, train: dict, explicit: set[str], problems: list[str]
     ds = train.get("deepspeed")
     if isinstance(ds, str) and ds.endswith(".json") and not Path(ds).is_file():
         problems.append(
-            f"deepspeed: {ds!r} does not exist (checked relative to {_cwd()}); the shipped ones are "
-            "configs/deepspeed/zero2.json, zero3.json and zero3_offload.json."
+            f"deepspeed: {ds!r} does not exist (checked relative to {_cwd()}); the shipped ones go by name: "
+            "zero2, zero3, zero3_offload (e.g. deepspeed: zero2). To edit one, `sftforge configs copy zero2` writes "
+            "configs/deepspeed/zero2.json here."
         )
     if data.get("multi_turn") == "split" and data.get("train_on") == "all":
         problems.append(
@@ -326,7 +340,7 @@ def _resolve_cpu_distribution(
         # same JSON through accelerate's DeepSpeed plugin (the `accelerate launch` path) takes gloo.
         os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
         os.environ["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(Path(json_path).resolve())
-        auto["deepspeed"] = train.pop("deepspeed")
+        auto.setdefault("deepspeed", train.pop("deepspeed"))  # a shipped name stays the name
     return [f"distributed: {sharded} on CPU over gloo (no GPU)"] if launched else []
 
 

@@ -23,12 +23,13 @@ from sftforge.plan.memory import (
     PlanInputs,
     Row,
     make_plan,
+    peft_alternatives,
     suggestions,
 )
 from sftforge.plan.shape import shape_from_config
 
-# Launcher configs, one per recommendable strategy: configs/accelerate/{name}.yaml.
-ACCELERATE_CONFIG_DIR = "configs/accelerate"
+# Machines of this many GPUs are assumed when --num_gpus needs several (the launch line's --num_machines).
+GPUS_PER_MACHINE = 8
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -118,13 +119,21 @@ def format_table(plan: Plan) -> list[str]:
     return lines
 
 
-def launch_line(row: Row, num_gpus: int) -> str:
+def launch_lines(row: Row, num_gpus: int) -> list[str]:
+    """The command for a row: the strategy is the name of the shipped launch config (`sftforge configs`)."""
     if row.strategy == "ddp" and num_gpus == 1:
-        return "sftforge train recipe.yaml"
-    return (
-        f"accelerate launch --config_file {ACCELERATE_CONFIG_DIR}/{row.strategy}.yaml "
-        f"--num_processes {num_gpus} -m sftforge train recipe.yaml"
-    )
+        return ["sftforge train recipe.yaml"]
+    line = f"sftforge train recipe.yaml --accelerate_config {row.strategy} --num_processes {num_gpus}"
+    if num_gpus <= GPUS_PER_MACHINE:
+        return [line]
+    if num_gpus % GPUS_PER_MACHINE:
+        return [line, "(several machines: add --num_machines, --machine_rank and --main_process_ip)"]
+    machines = num_gpus // GPUS_PER_MACHINE
+    return [
+        f"{line} --num_machines {machines} --machine_rank RANK --main_process_ip HOST",
+        f"(on each of {machines} machines of {GPUS_PER_MACHINE} GPUs: RANK 0 … {machines - 1}, HOST the address "
+        "of the machine with RANK 0)",
+    ]
 
 
 def recipe_lines(plan: Plan, row: Row) -> list[str]:
@@ -145,18 +154,41 @@ def recipe_lines(plan: Plan, row: Row) -> list[str]:
         "  recipe.yaml:",
         *(f"    {k}" for k in keys),
         "  launch:",
-        f"    {launch_line(row, i.num_gpus)}",
+        *(f"    {line}" for line in launch_lines(row, i.num_gpus)),
     ]
     if row.strategy == "fsdp2":
-        lines.append(f"    (or {ACCELERATE_CONFIG_DIR}/zero3.yaml: DeepSpeed ZeRO-3, same estimate)")
-    if i.num_gpus > 8:
-        lines.append(
-            "    (several nodes: add accelerate's --num_machines, --machine_rank, --main_process_ip)"
-        )
+        lines.append("    (or --accelerate_config zero3: DeepSpeed ZeRO-3, same estimate)")
     if row.cpu:
         lines.append(
             f"  needs ~{row.cpu / GIB:.1f} GiB of CPU RAM for the offloaded states (all ranks together)"
         )
+    return lines
+
+
+def setup_line(plan: Plan, row: Row) -> str:
+    ckpt = "with" if row.checkpointing else "without"
+    return (
+        f"{STRATEGIES[row.strategy][0]} {ckpt} gradient checkpointing "
+        f"(~{row.need / GIB:.1f} of {plan.inputs.gpu_memory_gib:g} GiB per GPU with headroom)"
+    )
+
+
+def alternative_lines(plan: Plan) -> list[str]:
+    """Full fine-tuning that needs CPU offload (or does not fit): the LoRA and QLoRA setups that fit the GPUs."""
+    alternatives = peft_alternatives(plan)
+    if not alternatives:
+        return []
+    why = (
+        "does not fit"
+        if plan.recommended is None
+        else "fits only with CPU offload (the slowest setup: weights and optimizer states cross PCIe every step)"
+    )
+    lines = ["", f"full fine-tuning {why}; these fit on the GPUs alone:"]
+    for alt in alternatives:
+        rec = alt.recommended
+        assert rec is not None  # peft_alternatives keeps plans that fit
+        lines.append(f"{alt.inputs.finetuning_type} r={alt.inputs.lora_r}: {setup_line(alt, rec)}")
+        lines += recipe_lines(alt, rec)
     return lines
 
 
@@ -184,11 +216,7 @@ def format_plan(plan: Plan, model_name: str) -> str:
     ]
     rec = plan.recommended
     if rec is not None:
-        ckpt = "with" if rec.checkpointing else "without"
-        lines.append(
-            f"recommended: {STRATEGIES[rec.strategy][0]} {ckpt} gradient checkpointing "
-            f"(~{rec.need / GIB:.1f} of {i.gpu_memory_gib:g} GiB per GPU with headroom)"
-        )
+        lines.append(f"recommended: {setup_line(plan, rec)}")
         lines += recipe_lines(plan, rec)
     else:
         lines.append(
@@ -198,6 +226,7 @@ def format_plan(plan: Plan, model_name: str) -> str:
         lines += [f"  - {x}" for x in found] or [
             "  - nothing tried here fits: a larger GPU, or several changes"
         ]
+    lines += alternative_lines(plan)
     lines.append("")
     lines += [f"note: {n}" for n in plan.notes]
     lines.append(

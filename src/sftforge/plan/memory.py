@@ -8,7 +8,7 @@ sources and what is approximate: docs/memory_planner.md. Pure: no torch, no tran
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sftforge.errors import ConfigError
 from sftforge.plan.activations import activation_bytes, logits_bytes
@@ -266,6 +266,20 @@ def make_plan(s: ModelShape, inputs: PlanInputs) -> Plan:
         notes.append("QLoRA loads the 4-bit base whole on every GPU, so ZeRO-3/FSDP2 rows do not apply.")
     st = model_states(s, inputs.finetuning_type, inputs.precision, inputs.lora_r)
     return Plan(s, inputs, st, rows, recommend(rows), notes)
+
+
+def needs_offload(row: Row) -> bool:
+    return STRATEGIES[row.strategy][4]
+
+
+def peft_alternatives(plan: Plan) -> list[Plan]:
+    """When full fine-tuning fits only with CPU offload, or not at all: the LoRA and QLoRA plans (same GPUs,
+    lengths, batch and rank) whose recommended setup fits on the GPUs alone, LoRA first."""
+    rec = plan.recommended
+    if plan.inputs.finetuning_type != "full" or (rec is not None and not needs_offload(rec)):
+        return []
+    plans = [make_plan(plan.shape, replace(plan.inputs, finetuning_type=kind)) for kind in ("lora", "qlora")]
+    return [p for p in plans if p.recommended is not None and not needs_offload(p.recommended)]
 
 
 def suggestions(s: ModelShape, inputs: PlanInputs) -> list[str]:

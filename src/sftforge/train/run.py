@@ -38,6 +38,19 @@ from sftforge.train.trainer import SFTTrainer
 
 def check_output_dir(cfg: SFTConfig) -> Path:
     """Fail before any work when output_dir is unwritable or already holds a finished model."""
+    out = refuse_finished_output_dir(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".sftforge_write_test.{os.environ.get('RANK', '0')}"  # one per rank: no race
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write to {str(out)!r} ({e.strerror}).", "output_dir") from None
+    return out
+
+
+def refuse_finished_output_dir(cfg: SFTConfig) -> Path:
+    """The checks of output_dir that write nothing (a file there, or a finished model that would be lost)."""
     out = Path(cfg.training.output_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(
@@ -56,13 +69,6 @@ def check_output_dir(cfg: SFTConfig) -> Path:
             "--overwrite_output_dir true to start over (its checkpoints are deleted).",
             "output_dir",
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".sftforge_write_test.{os.environ.get('RANK', '0')}"  # one per rank: no race
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output_dir: cannot write to {str(out)!r} ({e.strerror}).", "output_dir") from None
     return out
 
 
@@ -154,19 +160,24 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
     return ExampleDataset(data.train), evaluation
 
 
-def run_training(cfg: SFTConfig) -> dict[str, Any]:
-    started = time.time()
-    check_run_sources(cfg.model, cfg.data)  # a missing folder, a Hub id while offline: before any work
-    out = check_output_dir(cfg)
+def check_before_data(cfg: SFTConfig) -> None:
+    """What a run checks before it reads any data (`--dry_run` too): the model and data sources (a missing folder,
+    a Hub id while offline), the stage, a model that packing would compute differently, and a max_length past
+    the model's positions without RoPE scaling."""
+    check_run_sources(cfg.model, cfg.data)
     if cfg.data.stage == "auto":  # → pt or sft, from the data
         resolve_stage(cfg.data, cfg.explicit)
         kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
         cfg.notes.append(f"stage: auto → {cfg.data.stage} (the rows are {kind})")
-    # Before the data is prepared: a model packing would compute differently is refused, and so is a max_length
-    # past the model's positions without RoPE scaling
-    if _packed_attention(cfg):
+    if uses_packed_attention(cfg):
         check_packing_supported(cfg.model)
     cfg.notes.extend(check_context_length(cfg.model, cfg.data.max_length))
+
+
+def run_training(cfg: SFTConfig) -> dict[str, Any]:
+    started = time.time()
+    out = check_output_dir(cfg)
+    check_before_data(cfg)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
     # Several processes: the local main process tokenizes and fills the cache first, the others then read it,
@@ -222,7 +233,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    if _packed_attention(
+    if uses_packed_attention(
         cfg
     ):  # back to a backend any loader knows (the saved config never records it anyway)
         model.set_attn_implementation(cfg.model.attn_implementation)
@@ -282,7 +293,7 @@ def _pretraining_intro(cfg: SFTConfig) -> str | None:
     return f"Continued pretraining of `{cfg.model.model_name_or_path}` with sftforge {__version__}: every token trained."
 
 
-def _packed_attention(cfg: SFTConfig) -> bool:
+def uses_packed_attention(cfg: SFTConfig) -> bool:
     """Packed SFT rows, or pretraining blocks with isolated documents: the padding-free packed attention."""
     if cfg.data.stage == "pt":
         return bool(cfg.data.packing and cfg.data.document_isolation)

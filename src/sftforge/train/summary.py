@@ -10,8 +10,8 @@ from typing import Any
 from sftforge.model.peft import count_parameters
 
 
-def _steps(num_examples: int, args: Any) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _steps(num_examples: int, args: Any, world_size: int | None = None) -> tuple[int, int]:
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
     if args.max_steps and args.max_steps > 0:
         return per_step, args.max_steps
@@ -130,10 +130,13 @@ def pretrain_summary_lines(cfg: Any, data: Any) -> list[str]:
     ]
 
 
-def print_startup_summary(cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any) -> None:
+def print_startup_summary(
+    cfg: Any, bundle: Any, data: Any, model: Any, train_rows: Any, world_size: int | None = None
+) -> None:
+    """`world_size`: the processes of the run (a dry run's launch); default: this process's WORLD_SIZE."""
     args = cfg.training
     streaming = getattr(cfg.data, "streaming", False)  # no length: max_steps counts
-    effective, total_steps = _steps(0 if streaming else len(train_rows), args)
+    effective, total_steps = _steps(0 if streaming else len(train_rows), args, world_size)
     trainable, params = count_parameters(model)  # peft's count under LoRA (4-bit weights: two per byte)
     lines = [
         "─" * 72,
