@@ -12,6 +12,7 @@ from typing import Any
 from transformers import set_seed
 
 from sftforge.config import SFTConfig, dump_config
+from sftforge.config.reporting import tensorboard_logdir
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
 from sftforge.data.packing import pack_lengths
@@ -28,6 +29,8 @@ from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import VARLEN, check_packing_supported, packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
+from sftforge.train.final_eval import final_eval_metrics
+from sftforge.train.log_lines import library_bars_only_on_a_terminal, use_log_lines
 from sftforge.train.preprocess_once import run_once_per_machine
 from sftforge.train.resume import OFF, resolve_resume, run_identity
 from sftforge.train.summary import print_final_summary, print_startup_summary
@@ -136,6 +139,7 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    use_log_lines(trainer)  # one readable line per log step (train/log_lines.py)
     trainer.moe_model = is_moe(model.config)  # MoE: the router aux loss (model/moe.py)
     trainer.moe_aux, moe_note = configure_aux_loss(model, cfg.model, cfg.explicit)
     if moe_note and moe_note not in cfg.notes:
@@ -155,6 +159,7 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
+    library_bars_only_on_a_terminal()
     if cfg.data.stage == "auto":  # → pt or sft, from the data
         resolve_stage(cfg.data, cfg.explicit)
         kind = "plain documents" if cfg.data.stage == "pt" else "conversations"
@@ -211,7 +216,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
     )
     if len(data.eval):
-        metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
+        # The saved weights' eval (with eval_perplexity, added in SFTTrainer.log), reused when the loop made it
+        metrics.update(final_eval_metrics(trainer))
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
     metrics["wall_time_s"] = round(time.time() - started, 2)
     metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -240,7 +246,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             adapter=cfg.peft if cfg.peft.is_adapter else None,
             intro=_pretraining_intro(cfg),
         )
-        print_final_summary(metrics, out)
+        print_final_summary(metrics, out, tensorboard_logdir(args))
         if cfg.peft.merge_after_train:
             from sftforge.export.merge import merge_adapter
 
