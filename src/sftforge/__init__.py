@@ -1,9 +1,8 @@
 """sftforge: supervised fine-tuning of open LLMs on the Hugging Face stack."""
 
-import logging as _logging
+from sftforge.notices import silence_library_notices as _silence_library_notices
 
-# transformers imports peft, which imports bitsandbytes when installed; on CPUs without its optional `kernels`
-# package bitsandbytes warns at import about a faster kernel it cannot use. Irrelevant to users: keep it quiet.
-_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)
+# Before transformers, DeepSpeed or bitsandbytes is imported: their import-time notices (sftforge/notices.py)
+_silence_library_notices()
 
 __version__ = "0.1.0"

@@ -83,6 +83,20 @@ def check_report_to(train: dict[str, Any], problems: list[str]) -> list[str]:
     return notes
 
 
+def tensorboard_logdir(args: Any) -> Path | None:
+    """The folder to point `tensorboard --logdir` at, or None when TensorBoard reporting is off: logging_dir
+    (or TENSORBOARD_LOGGING_DIR set by hand), else OUTPUT_DIR/runs, where transformers writes each run into a dated
+    subfolder (so a resumed run shows beside the one it continues)."""
+    names = reporters(getattr(args, "report_to", None))
+    on = "tensorboard" in names or ("all" in names and importlib.util.find_spec("tensorboard") is not None)
+    if not on:
+        return None
+    folder = getattr(args, "logging_dir", None) or os.environ.get("TENSORBOARD_LOGGING_DIR")
+    if folder:
+        return Path(folder).expanduser()
+    return Path(args.output_dir) / "runs"
+
+
 def prepare_reporters(args: Any) -> None:
     """Before the Trainer is built (it creates the reporters' callbacks): TensorBoard's folder, and a SwanLab
     callback that works with the installed swanlab."""

@@ -180,7 +180,7 @@ def write_examples(
     )
     results = (result for batch in batches for result in batch)
     try:
-        for result in tqdm(results, desc=desc, unit=" rows", mininterval=0.5):
+        for result in tqdm(results, desc=desc, unit=" rows", mininterval=0.5, disable=None):
             account(result, stats, first_bad, on_bad_rows, emit)
     finally:
         batches.close()

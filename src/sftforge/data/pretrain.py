@@ -161,7 +161,7 @@ def write_documents(
         texts.clear()
         names.clear()
 
-    for row in tqdm(rows, desc=desc, unit=" docs", mininterval=0.5):
+    for row in tqdm(rows, desc=desc, unit=" docs", mininterval=0.5, disable=None):
         stats.rows += 1
         try:
             text = _document(row, data.text_column)

@@ -143,7 +143,7 @@ def write_examples_sharded(
     stats = DataStats()
     first_bad: dict[str, str] = {}
     ctx = get_context("spawn")
-    progress = tqdm(desc=desc, unit=" rows", mininterval=0.5)
+    progress = tqdm(desc=desc, unit=" rows", mininterval=0.5, disable=None)
     try:
         with ProcessPoolExecutor(processes, ctx, _init, (spec, on_bad_rows, key)) as pool:
             futures: list[Future] = [

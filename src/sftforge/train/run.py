@@ -12,6 +12,7 @@ from typing import Any
 from transformers import set_seed
 
 from sftforge.config import SFTConfig, dump_config
+from sftforge.config.reporting import tensorboard_logdir
 from sftforge.config.sources import check_run_sources
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
 from sftforge.data.masking import MaskOptions
@@ -30,6 +31,8 @@ from sftforge.model.peft import apply_finetuning, count_parameters
 from sftforge.model.quant import quantization_config
 from sftforge.model.varlen import VARLEN, check_packing_supported, packed_attention_backend
 from sftforge.train.callbacks import ThroughputCallback
+from sftforge.train.final_eval import final_eval_metrics
+from sftforge.train.log_lines import library_bars_only_on_a_terminal, use_log_lines
 from sftforge.train.preprocess_once import run_once_per_machine
 from sftforge.train.resume import OFF, resolve_resume, run_identity
 from sftforge.train.summary import print_final_summary, print_startup_summary
@@ -144,6 +147,7 @@ def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, m
         data_collator=collator,
         processing_class=bundle.tokenizer,
     )
+    use_log_lines(trainer)  # one readable line per log step (train/log_lines.py)
     trainer.moe_model = is_moe(model.config)  # MoE: the router aux loss (model/moe.py)
     trainer.moe_aux, moe_note = configure_aux_loss(model, cfg.model, cfg.explicit)
     if moe_note and moe_note not in cfg.notes:
@@ -177,6 +181,7 @@ def check_before_data(cfg: SFTConfig) -> None:
 def run_training(cfg: SFTConfig) -> dict[str, Any]:
     started = time.time()
     out = check_output_dir(cfg)
+    library_bars_only_on_a_terminal()
     check_before_data(cfg)
     identity = run_identity(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     resume = resolve_resume(cfg, out, identity)
@@ -227,7 +232,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
     )
     if len(data.eval):
-        metrics.update(trainer.evaluate())  # includes eval_perplexity (added in SFTTrainer.log)
+        # The saved weights' eval (with eval_perplexity, added in SFTTrainer.log), reused when the loop made it
+        metrics.update(final_eval_metrics(trainer))
     metrics["trained_tokens_per_epoch"] = data.train_stats.trained_tokens
     metrics.update(row_metrics(data))
     metrics["wall_time_s"] = round(time.time() - started, 2)
@@ -259,7 +265,7 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             adapter=cfg.peft if cfg.peft.is_adapter else None,
             intro=_pretraining_intro(cfg),
         )
-        print_final_summary(metrics, out)
+        print_final_summary(metrics, out, tensorboard_logdir(args))
         if cfg.peft.merge_after_train:
             from sftforge.export.merge import merge_adapter
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
     ]
 
 
-def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
+def print_final_summary(metrics: dict[str, Any], out: Path, tensorboard: Path | None = None) -> None:
     def get(key: str) -> str:
         value = metrics.get(key)
         return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -205,6 +206,7 @@ def print_final_summary(metrics: dict[str, Any], out: Path) -> None:
         ),
         f" {get('train_samples_per_second')} samples/s; model folder: {out}",
         f" chat with it: sftforge chat {out}",
+        *([f" loss curves: tensorboard --logdir {shlex.quote(str(tensorboard))}"] if tensorboard else []),
         "─" * 72,
     ]
     print("\n".join(lines), flush=True)

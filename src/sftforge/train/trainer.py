@@ -3,18 +3,21 @@ transformers'; this adds what they lack: committed checkpoints, safe rotation, a
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import nested_gather
 
 from sftforge.data.streaming import POSITION_KEY
 from sftforge.errors import SftforgeError
 from sftforge.model.moe import silence_model_aux
 from sftforge.train import checkpoints, streaming
 from sftforge.train.guards import NonFiniteGuard
+from sftforge.train.schedule import follow_current_schedule
 from sftforge.train.token_counter import TokenCounter
 
 
@@ -77,6 +80,24 @@ class SFTTrainer(Trainer):
             self.args.save_total_limit = self.rotation_limit
             for module, value in silenced:
                 module.router_aux_loss_coef = value
+
+    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        changed = follow_current_schedule(self.lr_scheduler)  # train/schedule.py: lr 0 after a longer resume
+        if changed and self.is_world_process_zero():
+            print(f"sftforge: resuming onto a changed schedule ({self.state.max_steps} steps now): learning rate "
+                  f"{changed.now:.3g} at step {changed.step}, where the checkpoint's schedule had {changed.stored:.3g}",
+                  flush=True)  # fmt: skip
+
+    def _finalize_training(self, *args: Any, **kwargs: Any) -> Any:
+        # train_loss = (every logged loss + the loss of the steps since the last log) / steps. A log averages
+        # over the ranks first (each rank's loss is its share of the tokens of all ranks, scaled by the world
+        # size), but the stock code adds the unlogged rest as this rank's own: with logging_steps > max_steps
+        # the "mean" was rank 0's share alone (5.88 where the steps' mean was 6.40). Average it like a log.
+        self._tr_loss = nested_gather(self._tr_loss, self.args.parallel_mode).mean()
+        return super()._finalize_training(*args, **kwargs)
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         # Nothing here reads a value off the device: counts and losses stay tensors until a decision or a log
@@ -163,6 +184,9 @@ class SFTTrainer(Trainer):
             return
         step = optimizer.step
 
+        # wraps: keeps the mark torch's lr scheduler put on the step it tracks (`_wrapped_by_lr_sched`); without it
+        # every run warned that optimizer.step() "has been overridden after learning rate scheduler initialization"
+        @functools.wraps(step)
         def guarded_step(*args: Any, **kwargs: Any) -> Any:
             if not self.guard.skip_this_step:
                 return step(*args, **kwargs)
