@@ -64,13 +64,20 @@ def local_data(tmp_path_factory) -> dict[str, Path]:
 
 
 def localised(name: str, folder: Path, model: Path, data: dict[str, Path]) -> Path:
-    """The recipe with the offline model, local data and a private output_dir; every other key as written."""
+    """The recipe with the offline model, local data, a private output_dir and at most the tiny model's context
+    length; every other key as written."""
     keys = yaml.safe_load((EXAMPLES / name).read_text(encoding="utf-8"))
     for key in HUB_DATA_KEYS:
         keys.pop(key, None)
     keys["model_name_or_path"] = str(model)
     keys["train_data_path"] = str(data["pt" if keys.get("stage") == "pt" else "sft"])
     keys["output_dir"] = str(folder / "out")
+    # The recipes' context lengths are Qwen2.5's; the tiny model has fewer positions, and a run past them is
+    # refused (model/context.py): cap the length at the tiny model's own, the one other key that must change
+    limit = json.loads((model / "config.json").read_text(encoding="utf-8"))["max_position_embeddings"]
+    for key in ("max_length", "block_size"):
+        if key in keys and keys[key] > limit:
+            keys[key] = limit
     path = folder / name
     path.write_text(yaml.safe_dump(keys, sort_keys=False), encoding="utf-8")
     return path
