@@ -14,20 +14,17 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from sftforge.config.coerce import coerce_value, field_type, scalar_from_text
 from sftforge.config.peft_args import PeftArguments
-from sftforge.config.schema import (
-    SECTIONS,
-    DataArguments,
-    LaunchArguments,
-    ModelArguments,
-    SFTTrainingArguments,
-)
+from sftforge.config.schema import SECTIONS, DataArguments, LaunchArguments, ModelArguments
 from sftforge.errors import ConfigError
+
+if TYPE_CHECKING:  # the real class imports torch: loaded once the recipe is valid (load_config)
+    from sftforge.config.training_args import SFTTrainingArguments
 
 # Familiar names from TRL / LLaMA-Factory / older transformers → our canonical names.
 ALIASES: dict[str, str] = {
@@ -299,6 +296,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     if problems:
         raise ConfigError(problems, source=str(recipe) if recipe else "command line")
 
+    from sftforge.config.training_args import SFTTrainingArguments  # imports torch: the recipe is valid now
+
     _training_defaults()  # see its docstring
     model = ModelArguments(**per_section["model"])
     data = DataArguments(**per_section["data"])
@@ -339,6 +338,8 @@ def _training_defaults() -> dict[str, Any]:
     this must not happen while a Trainer exists: load_config warms the cache before any Trainer is made. It is
     built as a single process: in a launched one it would otherwise start the process group with the default
     `ddp_timeout` instead of the recipe's (the recipe's TrainingArguments would then reuse that group)."""
+    from sftforge.config.training_args import SFTTrainingArguments
+
     hidden = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if k in os.environ}
     try:
         defaults = SFTTrainingArguments()
@@ -363,7 +364,7 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         "training": {},
     }
     defaults = _training_defaults()
-    for f in dataclasses.fields(SFTTrainingArguments):
+    for f in dataclasses.fields(cfg.training):
         if not f.init or f.name in _NOT_DUMPED:
             continue
         value = _plain(getattr(cfg.training, f.name))
