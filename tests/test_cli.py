@@ -169,6 +169,7 @@ def test_every_command_help_shows_its_positionals_and_defaults(command, monkeypa
     text = capsys.readouterr().out
     usage = text.split("\n\n")[0]
     assert usage.startswith(f"usage: sftforge {command}")
+    assert all(len(line) <= 100 for line in text.splitlines()), [x for x in text.splitlines() if len(x) > 100]
     (parser,) = parsers
     for action in parser._actions:
         if not action.option_strings:

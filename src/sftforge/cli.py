@@ -44,9 +44,11 @@ def _parser(
     command: str, add_arguments: Callable[[argparse.ArgumentParser], None]
 ) -> argparse.ArgumentParser:
     """The sub-command's parser, its help showing every default."""
-    from sftforge.cli_help import command_parser, show_defaults
+    import textwrap
 
-    parser = command_parser(f"sftforge {command}", COMMANDS[command])
+    from sftforge.cli_help import command_parser, show_defaults, terminal_width
+
+    parser = command_parser(f"sftforge {command}", textwrap.fill(COMMANDS[command], terminal_width()))
     add_arguments(parser)
     return show_defaults(parser)
 

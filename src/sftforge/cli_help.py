@@ -13,8 +13,10 @@ def terminal_width() -> int:
 
 
 def wrap_labelled(label: str, text: str, width: int, column: int) -> list[str]:
-    """`label` then `text` from `column` on, wrapped at word boundaries (a long label gets a line of its own)."""
+    """`label` then `text` from `column` on, wrapped at word boundaries (a long label gets a line of its own).
+    A non-breaking space in `text` keeps its two words on one line."""
     lines = textwrap.wrap(text, width - column, break_long_words=False, break_on_hyphens=False) or [""]
+    lines = [line.replace("\xa0", " ") for line in lines]
     label = f"  {label}"
     if len(label) >= column:
         return [label, *(" " * column + line for line in lines)]
@@ -37,7 +39,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def command_parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
-    """A sub-command's parser: its description kept as written (line breaks included)."""
+    """A sub-command's parser: its description kept as written (wrapped by the caller, to keep its sections)."""
     return argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
     )

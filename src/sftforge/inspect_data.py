@@ -10,27 +10,38 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import TextIO
 
-from sftforge.cli_help import command_parser, show_defaults
+from sftforge.cli_help import command_parser, show_defaults, terminal_width, wrap_labelled
 from sftforge.config import load_config
 from sftforge.data.preview import highlight
 
-_DESCRIPTION = """show exactly which tokens a recipe trains, and the dataset statistics
 
-positional arguments:
-  RECIPE.yaml    a recipe as for `sftforge train` (optional: every key can also be given as --key value)
+def _description() -> str:
+    width = terminal_width()
+    return "\n".join(
+        [
+            "show exactly which tokens a recipe trains, and the dataset statistics",
+            "",
+            "positional arguments:",
+            *wrap_labelled("RECIPE.yaml", _RECIPE_HELP, width, column=24),
+            "",
+            textwrap.fill(_OVERRIDES_HELP, width),
+        ]
+    )
 
-Further --key value arguments override the recipe's keys, as for `sftforge train` (its --help lists them)."""
+
+_RECIPE_HELP = "a recipe as for `sftforge train` (optional: every key can also be given as --key value)"
+_OVERRIDES_HELP = "Further --key value arguments override the recipe's keys, as for `sftforge train` (its --help lists them)."
+_USAGE = (
+    "%(prog)s [-h] [RECIPE.yaml] [--num_examples N] [--json]\n"
+    "                        [--color {auto,always,never}] [--key value ...]"
+)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = command_parser(
-        "sftforge inspect",
-        _DESCRIPTION,
-        usage="sftforge inspect [RECIPE.yaml] [--num_examples N] [--json] [--color {auto,always,never}] "
-        "[--key value ...]",
-    )
+    parser = command_parser("sftforge inspect", _description(), usage=_USAGE)
     parser.add_argument(
         "--num_examples", type=int, default=None, help="examples to show (default 3; all with --json)"
     )

@@ -66,7 +66,8 @@ def _default_text(f: dataclasses.Field) -> str:
 def _entry(f: dataclasses.Field, width: int) -> list[str]:
     """`--key` and its whole help (never cut), wrapped at word boundaries under the help column."""
     text = " ".join(f.metadata.get("help", "").split()).replace("%%", "%")  # argparse-escaped (transformers)
-    return wrap_labelled(f"--{f.name}", f"{text} (default: {_default_text(f)})".strip(), width, _KEY_COLUMN)
+    default = f"(default:\xa0{_default_text(f)})"  # kept on one line
+    return wrap_labelled(f"--{f.name}", f"{text} {default}".strip(), width, _KEY_COLUMN)
 
 
 def argument_reference(width: int | None = None) -> str:
