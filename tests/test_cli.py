@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
-from sftforge.cli import main
+from sftforge.cli import COMMANDS, main
 
 
 def _run(capsys, *argv: str) -> tuple[int, str]:
@@ -122,3 +125,116 @@ def test_the_deepspeed_launchers_local_rank_argument_is_taken_out(argv, monkeypa
     assert main(argv) == 0
     assert capsys.readouterr().out.strip()  # the version: the command after --local_rank ran
     assert os.environ["LOCAL_RANK"] == "1"
+
+
+# ---------------------------------------------------------------- speed and help text (issue 16)
+
+HEAVY = ("torch", "transformers")
+
+
+def _sftforge_importtime(*argv: str, cwd=None) -> tuple[subprocess.CompletedProcess, float, set[str]]:
+    """Run `python -m sftforge ARGV` as a user would; its wall time and the top-level packages it imported."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "sftforge", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)  # fmt: skip
+    wall = time.perf_counter() - start
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    return proc, wall, imported
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--help"], "commands:"),
+        (["train", "--help"], "--learning_rate"),
+        (["train", "r.yaml"], "unknown key 'learning_rat'. Did you mean 'learning_rate'?"),
+        (["train", "r.yaml", "--per_device_train_batch_size", "eight"], "expected an integer, got 'eight'"),
+    ],
+)
+def test_help_and_config_errors_answer_without_torch(tmp_path, argv, expected):
+    (tmp_path / "r.yaml").write_text("model_name_or_path: m\ntrain_data_path: d.jsonl\nlearning_rat: 1\n")
+    runs = [_sftforge_importtime(*argv, cwd=tmp_path) for _ in range(2)]
+    proc, _, imported = runs[0]
+    assert expected in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not imported & set(HEAVY), f"{' '.join(argv)} imported {imported & set(HEAVY)}"
+    # torch alone takes 4-5 s to import here; without it these answer in ~0.5 s (1.5 s: room for a busy machine)
+    assert min(wall for _, wall, _ in runs) < 1.5
+
+
+def test_no_command_help_imports_torch():
+    probe = (
+        "import contextlib, io, sys\n"
+        "from sftforge.cli import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([name, '--help'])\n"
+        f"    print(name, [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(COMMANDS)
+    assert all(line.endswith(" []") for line in lines), (
+        lines
+    )  # the first command that imported torch shows it
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "train"])
+def test_every_command_help_shows_its_positionals_and_defaults(command, monkeypatch, capsys):
+    parsers: list[argparse.ArgumentParser] = []
+    parse = argparse.ArgumentParser.parse_known_args
+
+    def spy(self, *args, **kwargs):
+        parsers.append(self)
+        return parse(self, *args, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", spy)
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    usage = text.split("\n\n")[0]
+    assert usage.startswith(f"usage: sftforge {command}")
+    assert all(len(line) <= 100 for line in text.splitlines()), [x for x in text.splitlines() if len(x) > 100]
+    (parser,) = parsers
+    for action in parser._actions:
+        if not action.option_strings:
+            assert (action.metavar or action.dest) in usage, (
+                f"{command}: positional {action.dest} not in usage"
+            )
+        shown = (
+            action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        )
+        if shown and action.option_strings:
+            block = _help_block(text, action.option_strings[-1])
+            assert "default" in block, f"{command} {action.option_strings[-1]}: no default in {block!r}"
+    if command == "inspect":  # its recipe is read outside argparse (it would swallow an override's value)
+        assert "[RECIPE.yaml]" in usage and "  RECIPE.yaml " in text
+
+
+def _help_block(text: str, option: str) -> str:
+    """The help lines of `option`: from its line to the next option's."""
+    lines = text.splitlines()
+
+    def names(line: str) -> list[str]:  # "  -h, --help  show …" → ["-h", "--help"]
+        return [w for w in re.split(r"[ ,]+", line.strip())[:3] if w.startswith("-")]
+
+    start = next(i for i, line in enumerate(lines) if option in names(line))
+    end = next((i for i in range(start + 1, len(lines)) if names(lines[i])), len(lines))
+    return " ".join(line.strip() for line in lines[start:end])
+
+
+def test_command_list_wraps_at_word_boundaries(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    merge = next(i for i, line in enumerate(lines) if line.startswith("  merge "))
+    assert lines[merge + 1].startswith(" " * 19) and lines[merge + 1].strip()  # its description continues

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from sftforge import __version__
 from sftforge.errors import SftforgeError
@@ -25,10 +26,32 @@ COMMANDS = {
 
 
 def _usage() -> str:
-    lines = [f"sftforge {__version__} — supervised fine-tuning on the Hugging Face stack", "", "commands:"]
-    lines += [f"  {name:<15} {text}" for name, text in COMMANDS.items()]
+    from sftforge.cli_help import terminal_width, wrap_labelled
+
+    lines = [
+        "usage: sftforge [-h] [-V] COMMAND [ARGS ...]",
+        "",
+        f"sftforge {__version__} — supervised fine-tuning on the Hugging Face stack",
+        "",
+        "commands:",
+    ]
+    for name, text in COMMANDS.items():
+        lines += wrap_labelled(name, text, terminal_width(), column=19)
     lines += ["", "`sftforge COMMAND --help` for details."]
     return "\n".join(lines)
+
+
+def _parser(
+    command: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+) -> argparse.ArgumentParser:
+    """The sub-command's parser, its help showing every default."""
+    import textwrap
+
+    from sftforge.cli_help import command_parser, show_defaults, terminal_width
+
+    parser = command_parser(f"sftforge {command}", textwrap.fill(COMMANDS[command], terminal_width()))
+    add_arguments(parser)
+    return show_defaults(parser)
 
 
 def _train(argv: list[str]) -> int:
@@ -41,9 +64,8 @@ def _train(argv: list[str]) -> int:
     overrides = argv[1:] if recipe else argv
     from sftforge.config import load_config
     from sftforge.launch import check_launch_keys, inside_launched_process, launch, mixed_precision_of
-    from sftforge.train.run import run_training
 
-    cfg = load_config(recipe, overrides)
+    cfg = load_config(recipe, overrides)  # first: a recipe's mistakes are reported without importing torch
     if not inside_launched_process():  # inside one, the launch keys were used (and dropped) by the launcher
         check_launch_keys(cfg.launch)
     if cfg.launch.dry_run:
@@ -53,6 +75,7 @@ def _train(argv: list[str]) -> int:
     if cfg.launch.accelerate_config and not inside_launched_process():
         return launch(cfg.launch, argv, mixed_precision_of(cfg.training))
     from sftforge.config.reporting import prepare_reporters
+    from sftforge.train.run import run_training
 
     prepare_reporters(cfg.training)  # before the Trainer creates the reporters' callbacks
     run_training(cfg)
@@ -71,64 +94,56 @@ def _inspect(argv: list[str]) -> int:
 def _init_model(argv: list[str]) -> int:
     from sftforge.testing import init_model_cmd
 
-    parser = argparse.ArgumentParser(prog="sftforge init-model", description=COMMANDS["init-model"])
-    init_model_cmd.add_arguments(parser)
+    parser = _parser("init-model", init_model_cmd.add_arguments)
     return init_model_cmd.run(parser.parse_args(argv))
 
 
 def _train_tokenizer(argv: list[str]) -> int:
     from sftforge.testing import train_tokenizer_cmd
 
-    parser = argparse.ArgumentParser(prog="sftforge train-tokenizer", description=COMMANDS["train-tokenizer"])
-    train_tokenizer_cmd.add_arguments(parser)
+    parser = _parser("train-tokenizer", train_tokenizer_cmd.add_arguments)
     return train_tokenizer_cmd.run(parser.parse_args(argv))
 
 
 def _chat(argv: list[str]) -> int:
     from sftforge.serve import chat
 
-    parser = argparse.ArgumentParser(prog="sftforge chat", description=COMMANDS["chat"])
-    chat.add_arguments(parser)
+    parser = _parser("chat", chat.add_arguments)
     return chat.run(parser.parse_args(argv))
 
 
 def _serve(argv: list[str]) -> int:
     from sftforge.serve import command
 
-    parser = argparse.ArgumentParser(prog="sftforge serve", description=COMMANDS["serve"])
-    command.add_arguments(parser)
+    parser = _parser("serve", command.add_arguments)
     return command.run(parser.parse_args(argv))
 
 
 def _merge(argv: list[str]) -> int:
     from sftforge.export import merge
 
-    parser = argparse.ArgumentParser(prog="sftforge merge", description=COMMANDS["merge"])
-    merge.add_arguments(parser)
+    parser = _parser("merge", merge.add_arguments)
     return merge.run(parser.parse_args(argv))
 
 
 def _demo(argv: list[str]) -> int:
     from sftforge import demo
 
-    parser = argparse.ArgumentParser(prog="sftforge demo", description=COMMANDS["demo"])
-    demo.add_arguments(parser)
+    parser = _parser("demo", demo.add_arguments)
     return demo.run(parser.parse_args(argv))
 
 
 def _eval(argv: list[str]) -> int:
     from sftforge.eval import command
 
-    parser = argparse.ArgumentParser(prog="sftforge eval", description=COMMANDS["eval"])
-    command.add_arguments(parser)
+    parser = _parser("eval", command.add_arguments)
     return command.run(parser.parse_args(argv))
 
 
 def _plan(argv: list[str]) -> int:
     from sftforge.plan import command
 
-    parser = argparse.ArgumentParser(prog="sftforge plan", description=COMMANDS["plan"])
-    command.add_arguments(parser)
+    parser = _parser("plan", command.add_arguments)
     return command.run(parser.parse_args(argv))
 
 

@@ -12,19 +12,49 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from typing import TextIO
 
+from sftforge.cli_help import command_parser, show_defaults, terminal_width, wrap_labelled
 from sftforge.config import load_config
 from sftforge.data.preview import highlight
 
 
+def _description() -> str:
+    width = terminal_width()
+    return "\n".join(
+        [
+            "show exactly which tokens a recipe trains, and the dataset statistics",
+            "",
+            "positional arguments:",
+            *wrap_labelled("RECIPE.yaml", _RECIPE_HELP, width, column=24),
+            "",
+            textwrap.fill(_OVERRIDES_HELP, width),
+        ]
+    )
+
+
+_RECIPE_HELP = "a recipe as for `sftforge train` (optional: every key can also be given as --key value)"
+_OVERRIDES_HELP = "Further --key value arguments override the recipe's keys, as for `sftforge train` (its --help lists them)."
+_USAGE = (
+    "%(prog)s [-h] [RECIPE.yaml] [--num_examples N] [--json]\n"
+    "                        [--color {auto,always,never}] [--key value ...]"
+)
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="sftforge inspect", description=__doc__.split("\n\n")[0])
+    parser = command_parser("sftforge inspect", _description(), usage=_USAGE)
     parser.add_argument(
         "--num_examples", type=int, default=None, help="examples to show (default 3; all with --json)"
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per training example on stdout")
-    parser.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="highlight trained tokens in colour",
+    )
+    show_defaults(parser)
     # The recipe is the first word when it is not a flag (as for `sftforge train`): a positional argparse argument
     # would swallow the value of the first override in `inspect --model_name_or_path M …`.
     recipe = argv[0] if argv and not argv[0].startswith("-") else None
@@ -34,11 +64,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def run(argv: list[str], stdout: TextIO | None = None) -> int:
+    stdout = stdout or sys.stdout  # looked up per call so redirections (and pytest's capture) apply
+    args, overrides = parse_args(argv)  # first: --help and argument errors need no torch
     from sftforge.train.run import prepare_tokenized_data
     from sftforge.train.summary import data_summary_lines
 
-    stdout = stdout or sys.stdout  # looked up per call so redirections (and pytest's capture) apply
-    args, overrides = parse_args(argv)
     cfg = load_config(args.recipe, overrides)
     streamed = cfg.data.streaming  # a stream has no end to inspect: its first window, prepared as usual
     if streamed:

@@ -166,3 +166,18 @@ def test_deepspeed_keeps_its_own_fp32_master_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     dtype, notes, _ = _weights(tmp_path, monkeypatch, True, {"bf16": True})
     assert dtype == "auto" and "DeepSpeed keeps fp32 master weights" in notes[0]
+
+
+def test_the_recipes_own_mistakes_are_reported_before_the_device_is_asked(monkeypatch, tmp_path):
+    """Asking for a GPU imports torch (seconds): a recipe with mistakes must answer without it."""
+
+    def no_device_check() -> bool:
+        raise AssertionError("the device was asked although the recipe has mistakes")
+
+    monkeypatch.setattr("sftforge.config.validate.cuda_available", no_device_check)
+    values = {"model": {}, "data": {"train_data_path": [str(tmp_path / "missing.jsonl")]},
+              "training": {"bf16": True, "fp16": True}, "peft": {}, "launch": {}}  # fmt: skip
+    problems = ["unknown key 'learning_rat'. Did you mean 'learning_rate'?"]  # as the loader found
+    check_and_resolve(values, {"train_data_path", "learning_rat", "bf16", "fp16"}, problems, {})
+    assert problems[1].startswith("model_name_or_path is required") and "does not exist" in problems[2]
+    assert problems[3].startswith("bf16 and fp16 are both true") and len(problems) == 4

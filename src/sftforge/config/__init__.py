@@ -8,7 +8,7 @@ from sftforge.config.loader import (
     load_config,
     parse_overrides,
 )
-from sftforge.config.schema import DataArguments, ModelArguments, SFTTrainingArguments
+from sftforge.config.schema import DataArguments, ModelArguments
 
 __all__ = [
     "ALIASES",
@@ -21,3 +21,12 @@ __all__ = [
     "load_config",
     "parse_overrides",
 ]
+
+
+def __getattr__(name: str) -> type:
+    # Imported on first use: the real training arguments import torch (seconds), help and config errors do not.
+    if name == "SFTTrainingArguments":
+        from sftforge.config.training_args import SFTTrainingArguments
+
+        return SFTTrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,15 +23,12 @@ from sftforge.config.dataset_info import expand_named_datasets
 from sftforge.config.foreign_keys import explain_key, explain_value
 from sftforge.config.migrate import RENAMES, SWITCH_SECTIONS, SWITCHES, check_migrated
 from sftforge.config.peft_args import PeftArguments
-from sftforge.config.schema import (
-    SECTIONS,
-    DataArguments,
-    LaunchArguments,
-    ModelArguments,
-    SFTTrainingArguments,
-)
+from sftforge.config.schema import SECTIONS, DataArguments, LaunchArguments, ModelArguments
 from sftforge.config.suggest import section_names, suggest_key
 from sftforge.errors import ConfigError
+
+if TYPE_CHECKING:  # the real class imports torch: loaded once the recipe is valid (load_config)
+    from sftforge.config.training_args import SFTTrainingArguments
 
 # Familiar names from TRL / LLaMA-Factory / older transformers → our canonical names.
 ALIASES: dict[str, str] = {
@@ -338,6 +335,8 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
     if problems:
         raise ConfigError(problems, source=str(recipe) if recipe else "command line")
 
+    from sftforge.config.training_args import SFTTrainingArguments  # imports torch: the recipe is valid now
+
     _training_defaults()  # see its docstring
     model = ModelArguments(**per_section["model"])
     data = DataArguments(**per_section["data"])
@@ -378,6 +377,8 @@ def _training_defaults() -> dict[str, Any]:
     this must not happen while a Trainer exists: load_config warms the cache before any Trainer is made. It is
     built as a single process: in a launched one it would otherwise start the process group with the default
     `ddp_timeout` instead of the recipe's (the recipe's TrainingArguments would then reuse that group)."""
+    from sftforge.config.training_args import SFTTrainingArguments
+
     hidden = {k: os.environ.pop(k) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK") if k in os.environ}
     try:
         defaults = SFTTrainingArguments()
@@ -402,7 +403,7 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         "training": {},
     }
     defaults = _training_defaults()
-    for f in dataclasses.fields(SFTTrainingArguments):
+    for f in dataclasses.fields(cfg.training):
         if not f.init or f.name in _NOT_DUMPED:
             continue
         value = _plain(getattr(cfg.training, f.name))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import textwrap
+from typing import Any
 
+from sftforge.cli_help import terminal_width, wrap_labelled
 from sftforge.config.loader import ALIASES
 from sftforge.config.peft_args import PeftArguments
-from sftforge.config.schema import DataArguments, LaunchArguments, ModelArguments, SFTTrainingArguments
+from sftforge.config.schema import SECTIONS, DataArguments, LaunchArguments, ModelArguments
 
 # The TrainingArguments users reach for most; every other field works too.
 COMMON_TRAINING_KEYS = (
@@ -51,17 +54,34 @@ COMMON_TRAINING_KEYS = (
 )
 
 
-def _first_sentence(text: str) -> str:
-    text = " ".join(text.split()).replace("%%", "%")  # argparse-escaped help strings from transformers
-    return text if len(text) < 140 else text[:137] + "..."
+_KEY_COLUMN = 32  # "  --" + the key, padded: help text starts here
+_RECIPE_HELP = "a YAML recipe of the keys below (optional: every key can also be given as --key value)"
 
 
-def argument_reference() -> str:
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default_factory is not dataclasses.MISSING:
+        return repr(f.default_factory())
+    return str(f.default) if f.default is not dataclasses.MISSING else "None"
+
+
+def _entry(f: dataclasses.Field, width: int) -> list[str]:
+    """`--key` and its whole help (never cut), wrapped at word boundaries under the help column."""
+    text = " ".join(f.metadata.get("help", "").split()).replace("%%", "%")  # argparse-escaped (transformers)
+    default = f"(default:\xa0{_default_text(f)})"  # kept on one line
+    return wrap_labelled(f"--{f.name}", f"{text} {default}".strip(), width, _KEY_COLUMN)
+
+
+def argument_reference(width: int | None = None) -> str:
+    width = width or terminal_width()
     out = [
         "usage: sftforge train [RECIPE.yaml] [--key value | --key=value ...]",
         "",
-        "Keys are the same in the YAML recipe and on the command line; the command line wins.",
-        "Nested values: --lr_scheduler_kwargs '{\"min_lr_rate\": 0.1}' or --lr_scheduler_kwargs.min_lr_rate 0.1",
+        "positional arguments:",
+        *wrap_labelled("RECIPE.yaml", _RECIPE_HELP, width, _KEY_COLUMN),
+        "",
+        "Keys are the same in a YAML recipe and on the command line (which wins).",
+        "Nested values: --lr_scheduler_kwargs.min_lr_rate 0.1",
+        "           or: --lr_scheduler_kwargs '{\"min_lr_rate\": 0.1}'",
         "",
     ]
     sections = (("model", ModelArguments), ("data", DataArguments), ("peft", PeftArguments),
@@ -69,40 +89,45 @@ def argument_reference() -> str:
     for title, cls in sections:
         out.append(f"{title}:")
         for f in dataclasses.fields(cls):
-            out.append(
-                f"  --{f.name:<28} {_first_sentence(f.metadata.get('help', ''))} (default: {f.default})"
-            )
+            out += _entry(f, width)
         out.append("")
-    fields = {f.name: f for f in dataclasses.fields(SFTTrainingArguments)}
+    fields: dict[str, Any] = {f.name: f for f in dataclasses.fields(SECTIONS["training"])}
     out.append("training (every transformers.TrainingArguments field works; the common ones):")
     for name in COMMON_TRAINING_KEYS:
-        f = fields[name]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        out.append(f"  --{name:<28} {_first_sentence(f.metadata.get('help', ''))} (default: {default})")
+        out += _entry(fields[name], width)
     out.append("")
-    out.append("aliases: " + ", ".join(f"{a} → {c}" for a, c in ALIASES.items()))
-    out.append(
-        "         warmup_ratio → warmup_steps (a float < 1 is a ratio), gradient_checkpointing → "
-        "activation_checkpointing, group_by_length → train_sampling_strategy"
+    aliases = ", ".join(f"{a} → {c}" for a, c in ALIASES.items())
+    aliases += (
+        "; warmup_ratio → warmup_steps (a float < 1 is a ratio), gradient_checkpointing → "
+        "activation_checkpointing, group_by_length → train_sampling_strategy; mixed_precision: bf16|fp16|no → "
+        "bf16 / fp16, load_in_4bit / load_in_8bit: true → quantization_bit: 4 / 8; quantization_bit: 0 and "
+        "max_samples: 0 mean off / every row."
     )
-    out.append(
-        "         mixed_precision: bf16|fp16|no → bf16 / fp16, load_in_4bit / load_in_8bit: true → "
-        "quantization_bit: 4 / 8; quantization_bit: 0 and max_samples: 0 mean off / every row"
-    )
-    out += _migration_lines()
+    # no break inside "old → new": non-breaking spaces there while wrapping
+    lines = textwrap.wrap(
+        "aliases: " + aliases.replace(" → ", "\xa0→\xa0"), width, subsequent_indent=" " * 9,
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    out += [line.replace("\xa0", " ") for line in lines]
+    out += _migration_lines(width)
     return "\n".join(out)
 
 
-def _migration_lines() -> list[str]:
+def _migration_lines(width: int) -> list[str]:
     from sftforge.config.migrate import SWITCHES
     from sftforge.data.named_templates import template_names
 
-    return [
-        "",
-        "from LLaMA-Factory / TRL recipes:",
-        "  dataset: a,b + dataset_dir (holds dataset_info.json: file_name | hf_hub_url, columns, tags, num_samples) "
+    items = [
+        "dataset: a,b + dataset_dir (holds dataset_info.json: file_name | hf_hub_url, columns, tags, num_samples) "
         "→ train_data_path + columns / tags, or datasets: [...]; eval_dataset → eval_data_path",
-        f"  template: {' | '.join(template_names())} | a .jinja file",
-        "  stage: sft | pt; plot_loss; new_special_tokens: '<a>,<b>'; logging_dir; lora_rank; lora_target: q_proj,v_proj | all",
-        "  also understood: " + ", ".join(SWITCHES),
+        f"template: {' | '.join(template_names())} | a .jinja file",
+        "stage: sft | pt; plot_loss; new_special_tokens: '<a>,<b>'; logging_dir; lora_rank; "
+        "lora_target: q_proj,v_proj | all",
+        "also understood: " + ", ".join(SWITCHES),
     ]
+    out = ["", "from LLaMA-Factory / TRL recipes:"]
+    for item in items:  # wrapped like the rest of the reference: nothing cut, nothing past the width
+        out += textwrap.wrap(
+            item, width, initial_indent="  ", subsequent_indent="    ", break_long_words=False
+        )
+    return out

@@ -2,16 +2,20 @@
 
 Field names are the ones users already know from TrainingArguments / TRL / LLaMA-Factory. The `help` metadata is
 what `sftforge train --help` prints; `choices` metadata is validated by the loader.
+
+Nothing here imports transformers or torch (seconds), so help and config errors answer at once: the training keys
+are checked against `TrainingSection` (a snapshot of TrainingArguments' fields plus sftforge's own), and the real
+`SFTTrainingArguments` (config/training_args.py) is built only once the recipe is valid.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainingArguments
-
 from sftforge.config.peft_args import PeftArguments
+from sftforge.config.training_args_snapshot import TRANSFORMERS_VERSION, TrainingArgumentsSnapshot
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -332,8 +336,11 @@ class DataArguments:
 
 
 @dataclass
-class SFTTrainingArguments(TrainingArguments):
-    """Every `transformers.TrainingArguments` field works; a few defaults suit SFT better."""
+class SFTTrainingKeys:
+    """sftforge's training keys, and the TrainingArguments defaults it changes (they suit SFT better).
+
+    Both `TrainingSection` (torch-free) and `SFTTrainingArguments` put these over TrainingArguments' fields.
+    """
 
     output_dir: str | None = field(
         default="outputs/sft", metadata=_help("Where the model and logs are written.")
@@ -442,10 +449,38 @@ class LaunchArguments:
     )
 
 
+@dataclass
+class TrainingSection(SFTTrainingKeys, TrainingArgumentsSnapshot):
+    """Every training key with its type, default and help, as SFTTrainingArguments has them, without torch."""
+
+
+def training_schema(installed: str | None = None) -> type:
+    """The class the training keys are read from: the snapshot when it was taken from the installed transformers,
+    else the real SFTTrainingArguments (it imports torch: slower help and errors, the same answers)."""
+    try:
+        installed = installed or importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed == TRANSFORMERS_VERSION:
+        return TrainingSection
+    from sftforge.config.training_args import SFTTrainingArguments
+
+    return SFTTrainingArguments
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
     "peft": PeftArguments,
-    "training": SFTTrainingArguments,
+    "training": training_schema(),
     "launch": LaunchArguments,
 }
+
+
+def __getattr__(name: str) -> Any:
+    # SFTTrainingArguments lived here: old imports (and pickled training_args.bin files) still find it.
+    if name == "SFTTrainingArguments":
+        from sftforge.config.training_args import SFTTrainingArguments
+
+        return SFTTrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -47,7 +47,11 @@ def check_and_resolve(
     values: dict[str, dict[str, Any]], explicit: set[str], problems: list[str], auto: dict[str, Any]
 ) -> list[str]:
     """Validate, and fill device-dependent defaults. `auto` receives {key: value the user left} for each key
-    resolved here, so the written config keeps "auto" and re-resolves on the machine that reads it."""
+    resolved here, so the written config keeps "auto" and re-resolves on the machine that reads it.
+
+    The recipe's own mistakes (`problems` from the loader: keys, types; then the checks below up to the device,
+    and the peft section's) are reported before anything imports torch (seconds): the device-dependent checks
+    run on a clean recipe."""
     model, data, train = values["model"], values["data"], values["training"]
     notes: list[str] = []
     for key in ("torch_dtype", "attn_implementation"):
@@ -65,6 +69,12 @@ def check_and_resolve(
     notes += _resolve_deepspeed_name(train, auto)
     _check_data(data, train, explicit, problems)
     notes += check_streaming(data, train, explicit, problems)
+    if train.get("bf16") and train.get("fp16"):
+        problems.append(
+            "bf16 and fp16 are both true: choose one mixed precision (bf16 on Ampere or newer GPUs)."
+        )
+    if problems:  # the peft section's own mistakes too; the device is not asked (see the docstring)
+        return notes + check_peft(values, explicit, None, problems, auto)
     on_gpu = cuda_available()
     before = len(problems)
     notes += _resolve_precision(train, explicit, on_gpu, problems, auto)
@@ -249,12 +259,10 @@ _CPU_FP32 = "precision: fp32 — the recipe asks for {asked}, but there is no GP
 def _resolve_precision(
     train: dict, explicit: set[str], on_gpu: bool, problems: list[str], auto: dict[str, Any]
 ) -> list[str]:
-    bf16, fp16 = train.get("bf16", False), train.get("fp16", False)
-    if bf16 and fp16:
-        problems.append(
-            "bf16 and fp16 are both true: choose one mixed precision (bf16 on Ampere or newer GPUs)."
-        )
-        return []
+    bf16, fp16 = (
+        train.get("bf16", False),
+        train.get("fp16", False),
+    )  # not both: check_and_resolve stops on that
     if "bf16" in explicit or "fp16" in explicit:
         if on_gpu:
             return [f"precision: {'bf16' if bf16 else 'fp16' if fp16 else 'fp32'} (as asked)"]

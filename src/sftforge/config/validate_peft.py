@@ -32,11 +32,12 @@ def normalise_target_modules(value: Any) -> list[str] | str:
 def check_peft(
     values: dict[str, dict[str, Any]],
     explicit: set[str],
-    on_gpu: bool,
+    on_gpu: bool | None,
     problems: list[str],
     auto: dict[str, Any],
 ) -> list[str]:
-    """Validate and resolve the peft section in place; return notes for the start-up summary."""
+    """Validate and resolve the peft section in place; return notes for the start-up summary. `on_gpu` None: not
+    asked (the recipe has other mistakes), so the CPU probe of bitsandbytes is skipped."""
     peft, train = values["peft"], values["training"]
     notes: list[str] = []
     before = len(problems)
@@ -185,13 +186,15 @@ def _lora_note(peft: dict[str, Any], bits: int | None) -> str:
     )
 
 
-def _check_bitsandbytes(peft: dict[str, Any], bits: int, on_gpu: bool, problems: list[str]) -> list[str]:
+def _check_bitsandbytes(
+    peft: dict[str, Any], bits: int, on_gpu: bool | None, problems: list[str]
+) -> list[str]:
     if importlib.util.find_spec("bitsandbytes") is None:
         problems.append(
             f"quantization_bit: {bits}-bit loading needs bitsandbytes, which is not installed: {_INSTALL_BNB}."
         )
         return []
-    if on_gpu:
+    if on_gpu is not False:  # a GPU, or not asked: no CPU probe
         return []
     why = quantized_cpu_problem(
         bits,
