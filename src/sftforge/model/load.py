@@ -201,42 +201,36 @@ def load_model(
 
 def _scaled_config(model_args: ModelArguments) -> Any:
     """The model's config with the recipe's rope_scaling applied (model/context.py)."""
-    from transformers import AutoConfig
-
     from sftforge.model.context import with_rope_scaling
 
+    config = _read_config(
+        model_args, model_args.model_name_or_path, "model_name_or_path", "cannot load", "model"
+    )
+    return with_rope_scaling(config, model_args.rope_scaling)
+
+
+def _read_config(model_args: ModelArguments, name: str, key: str, failed: str, source: str) -> Any:
+    """AutoConfig of `name`; a folder or id it cannot read is a ConfigError naming `key`."""
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
+        return AutoConfig.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
         )
     except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"model_name_or_path: cannot load {model_args.model_name_or_path!r}: {str(e).splitlines()[0]}",
-            source="model",
-        ) from None
-    return with_rope_scaling(config, model_args.rope_scaling)
+        raise ConfigError(f"{key}: {failed} {name!r}: {str(e).splitlines()[0]}", source=source) from None
 
 
 def init_from_config(model_args: ModelArguments, tokenizer: Any | None, dtype: Any) -> Any:
     """A randomly initialised model from `config_name` + `config_overrides` (run_clm.py's from-scratch path). The
     caller seeds the RNG first (`set_seed(seed)`), so the same seed gives the same weights. The vocabulary and the
     special token ids follow the tokenizer, which is what the model will be trained with."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     check_source(model_args.config_name, "config_name", revision=model_args.model_revision)
-    try:
-        config = AutoConfig.from_pretrained(
-            model_args.config_name,
-            revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"config_name: cannot read a config from {model_args.config_name!r}: {str(e).splitlines()[0]}",
-            source="config_name",
-        ) from None
+    config = _read_config(
+        model_args, model_args.config_name, "config_name", "cannot read a config from", "config_name"
+    )
     if model_args.config_overrides:
         config = _override(config, model_args.config_overrides)
     if model_args.rope_scaling:
