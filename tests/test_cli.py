@@ -71,11 +71,11 @@ def test_offline_hub_model_fails_fast_with_a_hint_and_no_traceback(tmp_path, dat
 
 def test_llama_factory_recipe_mistakes_are_explained(capsys, tmp_path, data_file):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model_name_or_path: m\ntrain_data_path: {data_file}\nstage: dpo\nuse_unsloth: true\n"
+    recipe.write_text(f"model_name_or_path: m\ntrain_data_path: {data_file}\nstage: ppo\nuse_unsloth: true\n"
                       "lora_rnak: 8\n")  # fmt: skip
     code, err = _run(capsys, "train", str(recipe))
     assert code == 2 and "Traceback" not in err
-    assert "stage: LLaMA-Factory's stage: dpo is not supported" in err
+    assert "stage: LLaMA-Factory's stage: ppo is not supported" in err
     assert "use_unsloth: not an sftforge key: Unsloth's kernels are not used" in err
     assert "unknown key 'lora_rnak'. Did you mean 'lora_rank'?" in err
 

@@ -116,7 +116,8 @@ def test_registry_problems_name_the_registry(tmp_path):
     (typo,) = problems("--dataset", "qaa", "--dataset_dir", str(folder))
     assert typo.startswith(f"dataset: 'qaa' is not in {registry}. Did you mean 'qa'? Registered: qa, chat")
     (pairs,) = problems("--dataset", "pairs", "--dataset_dir", str(folder))
-    assert "ranking: preference and RL training" in pairs and "issue 17" in pairs
+    assert "ranking: a preference dataset (chosen/rejected answers): train it with stage: dpo" in pairs
+    assert config("--dataset", "pairs", "--dataset_dir", str(folder), "--stage", "dpo").data.stage == "dpo"
     (gone,) = problems("--dataset", "gone", "--dataset_dir", str(folder))
     assert f"file_name {str(folder / 'gone.json')!r} does not exist" in gone
     (no_registry,) = problems("--dataset", "qa", "--dataset_dir", str(tmp_path / "elsewhere"))

@@ -78,13 +78,14 @@ def test_concept_of_reads_the_first_word():
 # ---------------------------------------------------------------- other tools' keys and values
 
 
-def test_llama_factory_stage_dpo_is_explained(base):
-    (problem,) = problems_of([*base, "--stage", "dpo"])
-    assert problem.startswith("stage: LLaMA-Factory's stage: dpo is not supported")
-    assert "issue 17" in problem and "stage: sft" in problem
+def test_llama_factory_stage_ppo_is_explained(base):
+    (problem,) = problems_of([*base, "--stage", "ppo"])
+    assert problem.startswith("stage: LLaMA-Factory's stage: ppo is not supported")
+    assert "stage: sft" in problem and "dpo" in problem
+    assert load_config(None, [*base, "--stage", "dpo"]).data.stage == "dpo"  # preference training is a stage
     assert load_config(None, [*base, "--stage", "sft"]).data.stage == "sft"
     assert (
-        "not one of sft, pt, auto" in problems_of([*base, "--stage", "sftt"])[0]
+        "not one of sft, pt, auto, dpo, kto" in problems_of([*base, "--stage", "sftt"])[0]
     )  # a plain typo stays plain
 
 
@@ -92,7 +93,8 @@ def test_llama_factory_stage_dpo_is_explained(base):
     ("key", "value", "words"),
     [
         ("use_unsloth", "true", "use_liger_kernel"),
-        ("pref_beta", "0.1", "issue 17"),
+        ("ppo_epochs", "4", "reward models and PPO"),
+        ("max_prompt_length", "512", "prompts are never cut"),
         ("tokenized_path", "cache/x", "caches tokenized data by content"),
         ("export_dir", "out", "sftforge merge"),
         ("use_galore", "true", "finetuning_type: lora"),

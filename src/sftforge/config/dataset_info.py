@@ -14,15 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sftforge.config.foreign_keys import FOREIGN_KEYS
-
 REGISTRY = "dataset_info.json"
 DEFAULT_DIR = "data"  # LLaMA-Factory's default dataset_dir
 KEYS = ("dataset", "dataset_dir", "eval_dataset")
-_ENTRY_KEYS = {"file_name", "hf_hub_url", "subset", "split", "num_samples", "formatting", "columns", "tags"}
+_ENTRY_KEYS = {
+    "file_name", "hf_hub_url", "subset", "split", "num_samples", "formatting", "columns", "tags", "ranking",
+}  # fmt: skip
+_RANKING = (
+    "a preference dataset (chosen/rejected answers): train it with stage: dpo (stage: kto for rows with a "
+    "kto_tag), not stage: {stage}"
+)
 _FORMATTINGS = ("alpaca", "sharegpt", "openai")  # sftforge detects the format of each row itself
 _UNSUPPORTED = {
-    "ranking": FOREIGN_KEYS["pref_beta"],
     "ms_hub_url": "ModelScope is not supported; download the data and give file_name",
     "om_hub_url": "Modelers is not supported; download the data and give file_name",
     "script_url": "dataset loading scripts are not supported; give file_name or hf_hub_url",
@@ -44,7 +47,14 @@ def expand_named_datasets(values: dict[str, Any], problems: list[str]) -> dict[s
     registry = {} if online else _read_registry(folder, problems)
     if registry is None:
         return out
-    pretraining = str(values.get("stage", "sft")).lower() == "pt"
+    stage = str(values.get("stage", "sft")).lower()
+    pretraining = stage == "pt"
+    if stage not in ("dpo", "kto"):  # LLaMA-Factory marks pairwise data with `ranking: true`
+        for name in _names(values.get("dataset", []), "dataset", []):
+            if isinstance(registry.get(name), dict) and registry[name].get("ranking"):
+                problems.append(
+                    f"dataset: {name!r} ({folder / REGISTRY}): ranking: {_RANKING.format(stage=stage)}."
+                )
     if "dataset" in values:
         sources = _sources(values["dataset"], "dataset", registry, folder, online, problems)
         if sources:

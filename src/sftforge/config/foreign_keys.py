@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 _PREFERENCE = (
-    "preference and RL training (LLaMA-Factory's stage dpo/kto/rm/ppo, TRL's DPO/KTO/reward trainers) is not "
-    "supported yet (planned: issue 17); sftforge trains stage: sft (conversations) and stage: pt (plain text)"
+    "reward models and PPO (LLaMA-Factory's stage rm/ppo, TRL's reward trainer) are not supported; sftforge trains "
+    "stage: sft (conversations), pt (plain text), and the preference stages dpo (pairs: DPO, IPO, ORPO, SimPO, …) "
+    "and kto"
 )
 _MULTIMODAL = "sftforge trains text-only models; image, video and audio inputs are not supported"
 _OTHER_HUBS = (
@@ -82,12 +83,23 @@ FOREIGN_KEYS: dict[str, str] = {
     "dataset_kwargs": "not needed: sftforge reads the data itself (train_data_path, columns, tags)",
 }
 for _key in (
-    "pref_beta", "pref_ftx", "pref_loss", "pref_bco_weight", "dpo_label_smoothing", "simpo_gamma",
-    "kto_chosen_weight", "kto_rejected_weight", "reward_model", "reward_model_type", "reward_model_adapters",
-    "ref_model", "ref_model_adapters", "ref_model_quantization_bit", "ppo_buffer_size", "ppo_epochs",
-    "ppo_score_norm", "ppo_target", "ppo_whiten_rewards", "beta", "max_prompt_length", "loss_type",
+    "reward_model", "reward_model_type", "reward_model_adapters", "ppo_buffer_size", "ppo_epochs",
+    "ppo_score_norm", "ppo_target", "ppo_whiten_rewards",
 ):  # fmt: skip
     FOREIGN_KEYS[_key] = _PREFERENCE
+FOREIGN_KEYS.update(
+    {
+        "pref_bco_weight": "the BCO term is not offered; pref_loss: bco_pair trains TRL's paired BCO loss",
+        "ref_model_adapters": "the reference is a model folder (ref_model); merge the adapter into it first "
+        "(`sftforge merge`)",
+        "ref_model_quantization_bit": "the reference model is loaded like the trained one (same dtype and "
+        "quantization)",
+        "max_prompt_length": "not needed: prompts are never cut; a pair longer than max_length is dropped and "
+        "counted (max_dropped_fraction stops the run when too many are)",
+        "max_completion_length": "not needed: answers are never cut; a pair longer than max_length is dropped and "
+        "counted",
+    }
+)
 for _prefix, _why in (("galore_", _OPTIMIZERS), ("apollo_", _OPTIMIZERS), ("badam_", _OPTIMIZERS)):
     FOREIGN_KEYS.update(
         {f"{_prefix}{n}": _why for n in ("rank", "target", "update_interval", "scale", "mode")}
@@ -95,9 +107,7 @@ for _prefix, _why in (("galore_", _OPTIMIZERS), ("apollo_", _OPTIMIZERS), ("bada
 
 # key → {value → why}: values other tools take that sftforge does not.
 FOREIGN_VALUES: dict[str, dict[str, str]] = {
-    "stage": {
-        v: f"LLaMA-Factory's stage: {v} is not supported: {_PREFERENCE}" for v in ("dpo", "kto", "rm", "ppo")
-    },
+    "stage": {v: f"LLaMA-Factory's stage: {v} is not supported: {_PREFERENCE}" for v in ("rm", "ppo")},
     "finetuning_type": {
         "oft": "LLaMA-Factory's finetuning_type: oft (orthogonal fine-tuning) is not supported; use lora, qlora, "
         "freeze or full"

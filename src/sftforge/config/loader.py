@@ -23,6 +23,7 @@ from sftforge.config.dataset_info import expand_named_datasets
 from sftforge.config.foreign_keys import explain_key, explain_value
 from sftforge.config.migrate import RENAMES, SWITCH_SECTIONS, SWITCHES, check_migrated
 from sftforge.config.peft_args import PeftArguments
+from sftforge.config.pref_args import PreferenceArguments
 from sftforge.config.schema import SECTIONS, DataArguments, LaunchArguments, ModelArguments
 from sftforge.config.suggest import section_names, suggest_key
 from sftforge.errors import ConfigError
@@ -70,6 +71,18 @@ ALIASES.update(
         "use_bnb_nested_quant": "bnb_4bit_use_double_quant",
     }
 )
+# Preference training: TRL's DPOConfig / KTOConfig / CPOConfig names → LLaMA-Factory's (the `pref` section)
+ALIASES.update(
+    {
+        "beta": "pref_beta",
+        "loss_type": "pref_loss",
+        "rpo_alpha": "pref_ftx",
+        "cpo_alpha": "pref_ftx",
+        "label_smoothing": "dpo_label_smoothing",
+        "desirable_weight": "kto_chosen_weight",
+        "undesirable_weight": "kto_rejected_weight",
+    }
+)
 ALIASES.update(RENAMES)  # other tools' names for the same settings (config/migrate.py)
 
 # Training fields never written back (secrets, per-process values).
@@ -90,6 +103,7 @@ class SFTConfig:
     recipe_path: str | None = None
     peft: PeftArguments = field(default_factory=PeftArguments)  # full fine-tuning unless the recipe says
     launch: LaunchArguments = field(default_factory=LaunchArguments)  # how to start the processes (launch.py)
+    pref: PreferenceArguments = field(default_factory=PreferenceArguments)  # stage dpo / kto only
 
 
 def _field_table() -> dict[str, tuple[str, dataclasses.Field]]:
@@ -355,6 +369,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | None = None) -
         recipe_path=str(recipe or ""),
         peft=PeftArguments(**per_section["peft"]),
         launch=LaunchArguments(**per_section["launch"]),
+        pref=PreferenceArguments(**per_section["pref"]),
     )
 
 
@@ -402,6 +417,8 @@ def config_to_dict(cfg: SFTConfig) -> dict[str, dict[str, Any]]:
         },
         "training": {},
     }
+    if cfg.data.stage in ("dpo", "kto"):  # the preference keys matter (and are accepted) only there
+        out["pref"] = {f.name: _plain(getattr(cfg.pref, f.name)) for f in dataclasses.fields(cfg.pref)}
     defaults = _training_defaults()
     for f in dataclasses.fields(cfg.training):
         if not f.init or f.name in _NOT_DUMPED:

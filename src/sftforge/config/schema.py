@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftforge.config.peft_args import PeftArguments
+from sftforge.config.pref_args import PreferenceArguments
 from sftforge.config.training_args_snapshot import TRANSFORMERS_VERSION, TrainingArgumentsSnapshot
 
 
@@ -246,8 +247,10 @@ class DataArguments:
             ".txt files): tokenized, eos appended to each, concatenated and cut into blocks of max_length "
             "(alias block_size) tokens, every token trained once per epoch; `pack: false` (alias of packing, which "
             "stage pt turns on) instead trains each document alone, cut at max_length. auto: pt when every "
-            "training file is .txt or the first 100 rows hold text_column and no conversation, else sft.",
-            choices=("sft", "pt", "auto"),
+            "training file is .txt or the first 100 rows hold text_column and no conversation, else sft. "
+            "dpo: preference pairs (prompt, chosen, rejected) trained with TRL's DPOTrainer (pref_loss picks "
+            "DPO, IPO, ORPO, SimPO, …); kto: unpaired (prompt, completion, label) rows with TRL's KTOTrainer.",
+            choices=("sft", "pt", "auto", "dpo", "kto"),
         ),
     )
     text_column: str = field(
@@ -472,6 +475,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelArguments,
     "data": DataArguments,
     "peft": PeftArguments,
+    "pref": PreferenceArguments,
     "training": training_schema(),
     "launch": LaunchArguments,
 }

@@ -14,6 +14,7 @@ from typing import Any
 from sftforge.config.loader import data_paths_missing
 from sftforge.config.validate_mix import check_mixing
 from sftforge.config.validate_peft import check_peft
+from sftforge.config.validate_pref import check_preference
 from sftforge.config.validate_pt import check_pretraining
 from sftforge.config.validate_rope import check_rope_scaling
 from sftforge.config.validate_stream import check_streaming
@@ -64,6 +65,7 @@ def check_and_resolve(
         auto["ddp_backend"] = None
     notes += check_pretraining(values, explicit, problems)  # first: it sets eval_split_ratio and packing
     notes += check_mixing(values, explicit, problems)
+    notes += check_preference(values, explicit, problems)
     _check_required(model, data, problems, named_data="dataset" in explicit)
     check_rope_scaling(model, problems)
     notes += _resolve_deepspeed_name(train, auto)
