@@ -84,6 +84,7 @@ def fingerprint(data: Any, spec: Any, seed: int) -> str:
         "train_on_reasoning": spec.options.train_on_reasoning,
         "truncation": spec.truncation,
         "multi_turn": spec.multi_turn,
+        "preference": spec.preference,  # pairs / rated answers are other examples than conversations
         "columns": getattr(data, "columns", None),  # renamed keys read other fields: other examples
         "tags": getattr(data, "tags", None),
         "packing": bool(data.packing),

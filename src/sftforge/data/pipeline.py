@@ -232,7 +232,10 @@ def account(
         first_bad.setdefault(what, payload)
         return
     pairs = [payload]
-    if status == "split":
+    if status == "pair":  # a preference row: its chosen and rejected examples, kept or dropped together
+        pairs = payload.examples
+        stats.lengths[payload.length] += 1
+    elif status == "split":
         pairs = payload.examples
         stats.split_rows[payload.reason] += 1
         stats.split_examples += len(pairs)
@@ -474,6 +477,11 @@ def _open(folder: Path, written: _Written, data: DataArguments, seed: int) -> Pr
     evaluation = ExampleView.empty()
     if "eval" in written.splits:
         evaluation = ExampleView.of(TokenStore(folder, "eval", written.splits["eval"]))
+    elif data.eval_split_ratio > 0 and getattr(data, "stage", "") == "dpo":  # hold out whole pairs
+        from sftforge.data.preference import pair_positions
+
+        kept, held = holdout_positions(len(train) // 2, data.eval_split_ratio, seed)
+        train, evaluation = train.subset(pair_positions(kept)), train.subset(pair_positions(held))
     elif data.eval_split_ratio > 0:
         kept, held = holdout_positions(len(train), data.eval_split_ratio, seed)
         train, evaluation = train.subset(kept), train.subset(held)

@@ -60,6 +60,7 @@ class TokenizeSpec:
     truncation: str = "turns"
     multi_turn: str = "auto"  # one of turns.MULTI_TURN
     columns: ColumnMap | None = None  # `columns:` / `tags:` renaming (None: rows are read as they are)
+    preference: str = ""  # "dpo": rows are pairs, "kto": unpaired rated answers (data/preference.py); "": SFT
 
     @classmethod
     def build(cls, tokenizer: Any, template: str, max_length: int, **kwargs: Any) -> TokenizeSpec:
@@ -115,6 +116,10 @@ def process_rows(spec: TokenizeSpec, rows: Sequence[SourceRow]) -> list[tuple[st
     and then tokenized (and its trained tokens decoded back) in one batch call; the stopped rows then run again
     from the start over what is known now. A long example thus asks for its conversation, then for it minus its
     first round, and so on — exactly the encodings the one-row path makes, in the same order."""
+    if spec.preference:  # pairs or rated answers: their own conversion (data/preference.py)
+        from sftforge.data.preference import process_preference_rows
+
+        return process_preference_rows(spec, rows)
     results: list[Any] = [None] * len(rows)
     waiting: list[tuple[int, Conversation]] = []
     for index, source_row in enumerate(rows):
@@ -124,7 +129,7 @@ def process_rows(spec: TokenizeSpec, rows: Sequence[SourceRow]) -> list[tuple[st
             row = source_row.row if spec.columns is None else apply_columns(source_row.row, spec.columns)
             waiting.append((index, to_conversation(row, source=source_row.source)))
         except RowError as e:
-            results[index] = _failure(e, source_row)
+            results[index] = row_failure(e, source_row)
     known: dict[tuple, Any] = {}
     encoder = PieceEncoder(spec.tokenizer)  # remembers what this batch encoded
     asked = dict.fromkeys(range(len(rows)), 0)
@@ -143,7 +148,7 @@ def process_rows(spec: TokenizeSpec, rows: Sequence[SourceRow]) -> list[tuple[st
                 still.append((index, conv))
                 continue
             except RowError as e:
-                results[index] = _failure(e, rows[index])
+                results[index] = row_failure(e, rows[index])
                 continue
             results[index] = _success(conv, out, rows[index].source)
         _encode_many(spec, wanted, known, encoder)
@@ -268,7 +273,7 @@ def _encode_many(
         known[key] = (out.reason, out.detail) if isinstance(out, RowError) else out
 
 
-def _failure(error: RowError, source_row: SourceRow) -> tuple[str, str, Any]:
+def row_failure(error: RowError, source_row: SourceRow) -> tuple[str, str, Any]:
     reason = error.reason
     message = f"{source_row.source}: {error.detail}"
     if reason in DROPPED_NOT_BAD:
