@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 import textwrap
-from typing import TextIO
+from typing import Any, TextIO
 
 from sftforge.cli_help import command_parser, show_defaults, terminal_width, wrap_labelled
 from sftforge.config import load_config
@@ -78,23 +78,30 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     limit, cfg.data.max_dropped_fraction = cfg.data.max_dropped_fraction, 1.0
     bundle, data = prepare_tokenized_data(cfg)
     cfg.data.max_dropped_fraction = limit
-    examples = data.train if args.num_examples is None else data.train[: args.num_examples]
+    # stage dpo: each pair is two stored examples (chosen, rejected) and is shown and counted as one
+    per = 2 if cfg.data.stage == "dpo" else 1
     if args.json:
-        for example in examples:
-            stdout.write(json.dumps(example.as_features()) + "\n")
+        _write_json(data.train, cfg.data.stage, args.num_examples, stdout)
         return 0
     colour = args.color == "always" or (args.color == "auto" and stdout.isatty())
     tokenizer = bundle.tokenizer
-    shown = examples if args.num_examples is not None else data.train[:3]
+    shown = data.train[: per * (3 if args.num_examples is None else args.num_examples)]
+    word = "scored" if cfg.data.stage in ("dpo", "kto") else "trained"
     for k, example in enumerate(shown):
         trained = sum(label != -100 for label in example.labels)
+        name = f"pair {k // 2} · {example.source}" if per == 2 else f"example {k} · {example.source}"
         stdout.write(
-            f"── example {k} · {example.source} · {len(example.input_ids)} tokens, {trained} trained "
+            f"── {name} · {len(example.input_ids)} tokens, {trained} {word} "
             f"({100 * trained / max(1, len(example.input_ids)):.0f}%) " + "─" * 8 + "\n"
         )
         stdout.write(highlight(tokenizer, example.input_ids, example.labels, colour) + "\n\n")
     legend = "bold green" if colour else "[[double brackets]]"
-    stdout.write(f"Trained tokens are shown in {legend}; everything else is context only.\n")
+    if word == "scored":
+        stdout.write(
+            f"The answer tokens the preference loss scores are shown in {legend}; the prompt is context.\n"
+        )
+    else:
+        stdout.write(f"Trained tokens are shown in {legend}; everything else is context only.\n")
     note = (
         [f" streaming: the first {cfg.data.max_samples} rows (one streaming_buffer window)"]
         if streamed
@@ -102,3 +109,19 @@ def run(argv: list[str], stdout: TextIO | None = None) -> int:
     )
     stdout.write("\n".join(["─" * 72, *note, *data_summary_lines(cfg, data), "─" * 72]) + "\n")
     return 0
+
+
+def _write_json(view: Any, stage: str, limit: int | None, stdout: TextIO) -> None:
+    """One JSON object per training item as the trainer consumes it: `{"input_ids", "labels"}` per example, or TRL's
+    `{"prompt_ids", "chosen_ids", "rejected_ids"}` per pair (stage dpo) / `{"prompt_ids", "completion_ids",
+    "label"}` per rated answer (stage kto)."""
+    if stage in ("dpo", "kto"):
+        from sftforge.data.preference import kto_features, pair_features
+
+        count = len(view) // 2 if stage == "dpo" else len(view)
+        features = pair_features if stage == "dpo" else kto_features
+        for i in range(count if limit is None else min(limit, count)):
+            stdout.write(json.dumps(features(view, i)) + "\n")
+        return
+    for example in view if limit is None else view[:limit]:
+        stdout.write(json.dumps(example.as_features()) + "\n")

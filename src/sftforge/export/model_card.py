@@ -25,6 +25,31 @@ _ADAPTER_HPARAMS = ("finetuning_type", "lora_r", "lora_alpha", "lora_dropout", "
                     "use_rslora", "modules_to_save", "quantization_bit")  # fmt: skip
 
 
+_PREFERENCE_METRICS = (
+    ("eval_preference_accuracy_before", "eval pairs: chosen preferred by the model, before training"),
+    ("eval_preference_accuracy", "eval pairs: chosen preferred by the model, after training"),
+    ("eval_rewards/accuracies", "eval rewards/accuracies (chosen reward > rejected reward)"),
+    ("eval_rewards/margins", "eval rewards/margins"),
+    ("eval_rewards/chosen", "eval rewards/chosen"),
+    ("eval_rewards/rejected", "eval rewards/rejected"),
+    ("eval_chosen_logp_before", "eval pairs: mean log-prob of the chosen answers, before"),
+    ("eval_chosen_logp", "eval pairs: mean log-prob of the chosen answers, after"),
+    ("rewards/accuracies_first", "training rewards/accuracies, first logged step"),
+    ("rewards/accuracies_last", "training rewards/accuracies, last logged step"),
+    ("rewards/margins_last", "training rewards/margins, last logged step"),
+    ("rewards/chosen_last", "training rewards/chosen, last logged step"),
+    ("rewards/rejected_last", "training rewards/rejected, last logged step"),
+)
+
+
+def _preference_lines(preference: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """What was preferred over what, against which reference, and how far the model moved."""
+    settings = ", ".join(f"{k} {v}" for k, v in preference.items())
+    rows = [f"| {label} | {_fmt(metrics[k])} |" for k, label in _PREFERENCE_METRICS if k in metrics]
+    return ["## Preference training", "", settings + ".", "", *(
+        ["| metric | value |", "|---|---|", *rows, ""] if rows else [])]  # fmt: skip
+
+
 def write_model_card(
     path: str | Path,
     base_model: str,
@@ -35,11 +60,13 @@ def write_model_card(
     adapter: Any = None,
     intro: str | None = None,
     dropped: dict[str, int] | None = None,
+    preference: dict[str, Any] | None = None,
 ) -> Path:
     """`adapter`: the run's PeftArguments when it trained an adapter (LoRA/DoRA, IA3, prefix/prompt/P-tuning: the
     folder is an adapter, not a model; the card says so and shows how to load, and where possible merge, it).
     `intro`: the first sentence, when the run was no supervised fine-tune (pretraining). `dropped`: the training
-    rows left out, by reason (too long for max_length, unusable), so a reader knows what the model never saw."""
+    rows left out, by reason (too long for max_length, unusable), so a reader knows what the model never saw.
+    `preference`: stage dpo / kto's settings (loss, beta, reference); its metrics get a section of their own."""
     hp = {k: getattr(getattr(training, k), "value", getattr(training, k)) for k in _KEY_HPARAMS} | extra
     if adapter is not None:
         hp |= {k: getattr(adapter, k) for k in _adapter_hparams(adapter.finetuning_type)}
@@ -61,6 +88,7 @@ def write_model_card(
         data_desc,
         "",
         *_dropped_lines(dropped),
+        *(_preference_lines(preference, metrics) if preference else []),
         "## Hyperparameters",
         "",
         "| key | value |",

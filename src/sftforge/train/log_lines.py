@@ -27,7 +27,9 @@ _EVAL_SKIP = (
     "eval_samples_per_second",
     "eval_steps_per_second",
 )
-_HIDDEN = ("total_flos",)
+# TRL's preference trainers also log these per step; they stay in log_history.json and TensorBoard, the line
+# keeps to the loss, the rewards and the answers' log-probs
+_HIDDEN = ("total_flos", "entropy", "num_tokens", "logits/chosen", "logits/rejected", "mean_token_accuracy")
 
 
 def format_eta(seconds: float | None) -> str:
@@ -65,7 +67,7 @@ def eval_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
     others = {
         k.removeprefix("eval_"): v for k, v in logs.items() if k.startswith("eval_") and k not in _EVAL_SKIP
     }
-    parts += [f"{k} {_number(v)}" for k, v in others.items()]
+    parts += [f"{k} {_number(v)}" for k, v in others.items() if k not in _HIDDEN]
     if "eval_runtime" in logs:
         parts.append(f"{logs['eval_runtime']:.2f} s")
     return " | ".join(parts)

@@ -12,6 +12,7 @@ from typing import Any
 from transformers import set_seed
 
 from sftforge.config import SFTConfig, dump_config
+from sftforge.config.pref_args import PREFERENCE_STAGES
 from sftforge.config.reporting import tensorboard_logdir
 from sftforge.config.sources import check_run_sources
 from sftforge.data.collate import FlatteningCollator, PaddingCollator
@@ -87,6 +88,7 @@ def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
         cfg.data.truncation,
         cfg.data.multi_turn,
         columns=compile_columns(cfg.data.columns, cfg.data.tags),
+        preference=cfg.data.stage if cfg.data.stage in ("dpo", "kto") else "",
     )
 
 
@@ -112,7 +114,13 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
     return bundle, data
 
 
-def build_trainer(cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any) -> SFTTrainer:
+def build_trainer(
+    cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any, ref_model: Any = None
+) -> SFTTrainer:
+    if cfg.data.stage in PREFERENCE_STAGES:  # TRL's DPOTrainer / KTOTrainer, sftforge's data (train/preference.py)
+        from sftforge.train.preference import build_preference_trainer
+
+        return build_preference_trainer(cfg, bundle, data, model, ref_model)
     train, evaluation = training_sets(data)
     packing_s, fill = 0.0, None
     pretraining = cfg.data.stage == "pt"
@@ -164,6 +172,34 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
     return ExampleDataset(data.train), evaluation
 
 
+def reference_model(cfg: SFTConfig, model: Any, bundle: TokenizerBundle) -> Any:
+    """The model DPO/KTO compare the policy with, or None when TRL needs none of its own: a reference-free loss
+    (orpo, simpo), precomputed log-probs (scored by the model before its first step), or an adapter (the base with
+    the adapter switched off). Otherwise a frozen copy of the starting model, or the model at `ref_model`."""
+    pref = cfg.pref
+    if pref.reference_free:
+        return None
+    if pref.ref_model:
+        from dataclasses import replace
+
+        from sftforge.train.preference import frozen_reference
+
+        ref_args = replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
+        ref = load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+        cfg.notes.append(f"reference: {pref.ref_model} (frozen)")
+        return frozen_reference(ref)
+    if pref.precompute_ref_log_probs:
+        cfg.notes.append("reference: the starting model's log-probs, computed once before training (cached)")
+        return None
+    if cfg.peft.is_adapter:
+        cfg.notes.append("reference: the base model with the adapter switched off (no second copy)")
+        return None
+    from sftforge.train.preference import frozen_reference
+
+    cfg.notes.append("reference: a frozen copy of the starting model")
+    return frozen_reference(model)
+
+
 def check_before_data(cfg: SFTConfig) -> None:
     """What a run checks before it reads any data (`--dry_run` too): the model and data sources (a missing folder,
     a Hub id while offline), the stage, a model that packing would compute differently, and a max_length past
@@ -200,9 +236,11 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             f"init: random weights from {cfg.model.config_name} (seed {args.seed}), "
             f"{count_parameters(model)[1]:,} parameters, vocabulary {model.config.vocab_size} (the tokenizer's)"
         )
+    preference = cfg.data.stage in PREFERENCE_STAGES
+    ref_model = reference_model(cfg, model, bundle) if preference else None  # before any adapter is added
     model, peft_notes = apply_finetuning(model, cfg.peft, bundle.tokenizer, ckpt)  # lora / qlora / freeze
     cfg.notes.extend(peft_notes)
-    trainer = build_trainer(cfg, bundle, data, model)
+    trainer = build_trainer(cfg, bundle, data, model, ref_model)
     trainer.run_identity = identity
     trainer.throughput = ThroughputCallback(trainer.tokens, model, int(os.environ.get("WORLD_SIZE", "1")))
     trainer.add_callback(trainer.throughput)
@@ -210,6 +248,13 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
         dump_config(cfg, out / "sftforge_config.yaml")
         print_startup_summary(cfg, bundle, data, model, trainer.train_dataset)
     tokens = trainer.tokens
+    before: dict[str, float] = {}
+    # The eval pairs scored by the starting model (before train() shards it: not under DeepSpeed / FSDP)
+    sharded = trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+    if preference and cfg.data.stage == "dpo" and len(data.eval) and not resume and not sharded:
+        from sftforge.train.preference import preference_eval
+
+        before = preference_eval(trainer, trainer.eval_dataset, "_before")
     train_started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     metrics: dict[str, Any] = dict(result.metrics)
@@ -231,6 +276,15 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
     metrics["train_loss_last"] = next(
         (e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None
     )
+    if preference:  # rewards/accuracies, margins, chosen, rejected: first and last logged values
+        from sftforge.train.preference import preference_metrics
+
+        metrics.update(preference_metrics(trainer.state.log_history))
+        if cfg.data.stage == "dpo" and len(data.eval):
+            from sftforge.train.preference import preference_eval
+
+            metrics.update(before)
+            metrics.update(preference_eval(trainer, trainer.eval_dataset))
     if len(data.eval):
         # The saved weights' eval (with eval_perplexity, added in SFTTrainer.log), reused when the loop made it
         metrics.update(final_eval_metrics(trainer))
@@ -263,7 +317,8 @@ def run_training(cfg: SFTConfig) -> dict[str, Any]:
             metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None},
             dropped=metrics["rows_dropped"],
             adapter=cfg.peft if cfg.peft.is_adapter else None,
-            intro=_pretraining_intro(cfg),
+            intro=_pretraining_intro(cfg) or _preference_intro(cfg),
+            preference=_preference_settings(cfg) if preference else None,
         )
         print_final_summary(metrics, out, tensorboard_logdir(args))
         if cfg.peft.merge_after_train:
@@ -297,6 +352,32 @@ def _pretraining_intro(cfg: SFTConfig) -> str | None:
             "every token of the corpus trained."
         )
     return f"Continued pretraining of `{cfg.model.model_name_or_path}` with sftforge {__version__}: every token trained."
+
+
+def _preference_intro(cfg: SFTConfig) -> str | None:
+    if cfg.data.stage not in PREFERENCE_STAGES:
+        return None
+    from sftforge import __version__
+
+    what = (
+        "pairs of a chosen and a rejected answer"
+        if cfg.data.stage == "dpo"
+        else "answers rated desirable or not"
+    )
+    return (
+        f"Preference training ({cfg.pref.loss(cfg.data.stage)}) of `{cfg.model.model_name_or_path}` on {what}, "
+        f"made with sftforge {__version__} on TRL's {'KTO' if cfg.data.stage == 'kto' else 'DPO'}Trainer."
+    )
+
+
+def _preference_settings(cfg: SFTConfig) -> dict[str, Any]:
+    pref = cfg.pref
+    out: dict[str, Any] = {"stage": cfg.data.stage, "loss": pref.loss(cfg.data.stage), "beta": pref.pref_beta}
+    if pref.pref_ftx:
+        out["SFT weight (pref_ftx)"] = pref.pref_ftx
+    out["reference"] = next((n.removeprefix("reference: ") for n in cfg.notes if n.startswith("reference: ")),
+                            "none (reference-free loss)")  # fmt: skip
+    return out
 
 
 def uses_packed_attention(cfg: SFTConfig) -> bool:

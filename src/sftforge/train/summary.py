@@ -48,6 +48,8 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
         return streaming_summary_lines(cfg, data)
     stats = data.train_stats
     dropped = ", ".join(f"{k}: {v}" for k, v in stats.dropped.most_common()) or "none"
+    if getattr(cfg.data, "stage", "sft") in ("dpo", "kto"):
+        return preference_summary_lines(cfg, data, dropped)
     return [
         *split_decision(stats, cfg.data.multi_turn),
         f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
@@ -66,6 +68,30 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
         f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length} "
         f"(truncation: {cfg.data.truncation})",
         f" split        {len(data.train)} train / {len(data.eval)} eval examples",
+        *(
+            [f" cache        {cache.describe()}"]
+            if (cache := getattr(data, "cache", None)) is not None
+            else []
+        ),
+    ]
+
+
+def preference_summary_lines(cfg: Any, data: Any, dropped: str) -> list[str]:
+    """stage dpo / kto: rows → pairs (or rated answers); what is scored; the split in pairs."""
+    stats, stage = data.train_stats, cfg.data.stage
+    unit = "pairs" if stage == "dpo" else "rated answers"
+    per = 2 if stage == "dpo" else 1
+    return [
+        f" data         {stats.rows} rows read, {stats.kept} kept; formats: "
+        + ", ".join(f"{k} {v}" for k, v in stats.formats.most_common()),
+        f" dropped      {dropped}",
+        *length_lines(cfg, data),
+        " scored       each answer's tokens and its end-of-turn token, found by "
+        + ", ".join(f"{k} {v}" for k, v in stats.methods.most_common())
+        + "; the prompt as the chat template renders it for generation; every example verified",
+        f" tokens       {stats.tokens} total, {stats.trained_tokens} scored ({100 * stats.trained_fraction:.1f}%); "
+        f"rows longer than {cfg.data.max_length} tokens are dropped, never cut",
+        f" split        {len(data.train) // per} train / {len(data.eval) // per} eval {unit}",
         *(
             [f" cache        {cache.describe()}"]
             if (cache := getattr(data, "cache", None)) is not None
@@ -168,6 +194,8 @@ def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
             return [f" batching     padding-free, documents isolated by {model.config._attn_implementation}"]
         return [" batching     full blocks (only the last may be padded)" if cfg.data.packing else
                 " batching     padded to the longest document in each batch"]  # fmt: skip
+    if cfg.data.stage in ("dpo", "kto"):
+        return [f" batching     {_preference_batching(cfg)}"]
     if not cfg.data.packing:
         return [
             f" batching     padded to the longest in each batch; {cfg.training.train_sampling_strategy} sampling"
@@ -186,6 +214,40 @@ def _packing_lines(cfg: Any, data: Any, rows: Any, model: Any) -> list[str]:
     ]
 
 
+def _preference_batching(cfg: Any) -> str:
+    pref, stage = cfg.pref, cfg.data.stage
+    loss = pref.loss(stage)
+    what = "chosen and rejected of each pair in one padded batch" if stage == "dpo" else "padded batches"
+    return (
+        f"{what}; TRL {'KTO' if stage == 'kto' else 'DPO'}Trainer, loss {loss}, beta {pref.pref_beta:g}"
+        + (f", + {pref.pref_ftx:g} × SFT loss on the chosen" if pref.pref_ftx and stage == "dpo" else "")
+    )
+
+
+def preference_lines(metrics: dict[str, Any]) -> list[str]:
+    """stage dpo / kto: how the rewards moved, and on the eval pairs the model's own preference before → after."""
+    lines = []
+    if "rewards/accuracies_last" in metrics:
+        lines.append(
+            f" rewards      accuracy {metrics['rewards/accuracies_first']:.3f} → "
+            f"{metrics['rewards/accuracies_last']:.3f}, margin {metrics['rewards/margins_first']:.4f} → "
+            f"{metrics['rewards/margins_last']:.4f} (training batches)"
+        )
+    if "eval_preference_accuracy" in metrics:
+        start = metrics.get("eval_preference_accuracy_before")
+        lines.append(
+            " eval pairs   chosen preferred by the model in "
+            + (f"{start:.3f} → " if start is not None else "")
+            + f"{metrics['eval_preference_accuracy']:.3f} of pairs"
+            + (
+                f"; reward accuracy {metrics['eval_rewards/accuracies']:.3f}"
+                if "eval_rewards/accuracies" in metrics
+                else ""
+            )
+        )
+    return lines
+
+
 def print_final_summary(metrics: dict[str, Any], out: Path, tensorboard: Path | None = None) -> None:
     def get(key: str) -> str:
         value = metrics.get(key)
@@ -200,10 +262,12 @@ def print_final_summary(metrics: dict[str, Any], out: Path, tensorboard: Path | 
             else f"mean train loss {get('train_loss')}"
         )
         + (
-            f"; eval loss {get('eval_loss')}, perplexity {get('eval_perplexity')}"
+            f"; eval loss {get('eval_loss')}"
+            + (f", perplexity {get('eval_perplexity')}" if "eval_perplexity" in metrics else "")
             if "eval_loss" in metrics
             else ""
         ),
+        *preference_lines(metrics),
         f" {get('train_samples_per_second')} samples/s; model folder: {out}",
         f" chat with it: sftforge chat {out}",
         *([f" loss curves: tensorboard --logdir {shlex.quote(str(tensorboard))}"] if tensorboard else []),

@@ -26,6 +26,10 @@ def batch_token_counts(batch: Mapping[str, Any]) -> tuple[torch.Tensor, int, tor
     if cu is not None:
         lengths = (cu[1:] - cu[:-1]).long()
         total = batch["input_ids"].numel()
+    elif batch.get("chosen_attention_mask") is not None:  # ORPO / SimPO: a pair's two answers, padded apart
+        masks = (batch["chosen_attention_mask"], batch["rejected_attention_mask"])
+        lengths = torch.cat([m.sum(dim=-1, dtype=torch.long) for m in masks])
+        total = sum(m.numel() for m in masks)
     elif batch.get("attention_mask") is not None:
         mask = batch["attention_mask"]
         lengths = mask.sum(dim=-1, dtype=torch.long)

@@ -40,6 +40,11 @@ class SFTTrainer(Trainer):
         self._in_training_step = False  # compute_loss is also called by evaluation: only training is guarded
         self._decided_before_backward = False  # DeepSpeed: this step was judged before its backward
 
+    packing_s, packing_fill = (
+        0.0,
+        None,
+    )  # set by the run when it packs: reported with the preprocessing figures
+    reports_perplexity = True  # eval_perplexity next to eval_loss (a language-model loss)
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
     moe_aux: Any = None  # a model.moe.MoeAuxLoss, set by the run for MoE models with the router aux loss on
     moe_model = False  # an MoE model: its own per-forward aux addition is switched off while training
@@ -264,7 +269,7 @@ class SFTTrainer(Trainer):
 
             # Every rank is here (evaluate logs on all of them): each answers its share, then they gather
             logs.update(generation_eval_metrics(self, list(self.eval_dataset), self.stop_ids))
-        if "eval_loss" in logs:
+        if "eval_loss" in logs and self.reports_perplexity:
             logs["eval_perplexity"] = math.exp(
                 min(logs["eval_loss"], 50.0)
             )  # cap: exp(50) already says "bad"
