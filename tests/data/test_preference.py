@@ -19,7 +19,9 @@ from sftforge.train.run import prepare_tokenized_data
 @pytest.fixture(scope="module")
 def spec(tiny_model_dir):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    return lambda kind, max_length=256: TokenizeSpec.build(tok, tok.chat_template, max_length, preference=kind)
+    return lambda kind, max_length=256: TokenizeSpec.build(
+        tok, tok.chat_template, max_length, preference=kind
+    )
 
 
 def rows(*items):
@@ -82,3 +84,25 @@ def test_the_store_reads_back_as_trls_features_and_holds_out_whole_pairs(tiny_mo
                 f"q{n}<|im_end|>\n<|im_start|>assistant\n"
             )
     assert np.all(prepared.train.index[0::2] % 2 == 0)  # every pair starts at its chosen example
+
+
+def test_llama_factory_ranking_columns_map_to_pairs(spec):
+    """dataset_info.json's ranking entries name their keys with `columns` (alpaca: prompt/query/chosen/rejected;
+    sharegpt: messages/chosen/rejected); with stage dpo those columns are read, with stage sft refused."""
+    from sftforge.data.columns import compile_columns
+    from sftforge.errors import ConfigError
+
+    cmap = compile_columns(
+        {"prompt": "q", "query": "i", "chosen": "good", "rejected": "bad"}, None, preference=True
+    )
+    s = TokenizeSpec.build(
+        spec("dpo").tokenizer, spec("dpo").tokenizer.chat_template, 256, preference="dpo", columns=cmap
+    )
+    ((status, fmt, pair),) = process_preference_rows(
+        s, rows({"q": "Do it", "i": "now", "good": "done", "bad": "no"})
+    )
+    assert (status, fmt) == ("pair", "pref_alpaca")
+    assert s.tokenizer.decode([t for t, x in zip(pair.examples[0][0].input_ids, pair.examples[0][0].labels,
+                                                 strict=True) if x != -100]) == "done<|im_end|>"  # fmt: skip
+    with pytest.raises(ConfigError, match="trains with stage: dpo"):
+        compile_columns({"prompt": "q", "response": "a", "chosen": "c"}, None)

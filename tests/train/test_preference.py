@@ -34,7 +34,9 @@ def learnable_pairs(n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         w = rng.choice(WORDS)
         right, wrong = ("yes", "no") if WORDS.index(w) < 6 else ("no", "yes")
-        rows.append({"prompt": f"Is {w} on the list? ({i})", "chosen": f"{w} {right}", "rejected": f"{w} {wrong}"})
+        rows.append(
+            {"prompt": f"Is {w} on the list? ({i})", "chosen": f"{w} {right}", "rejected": f"{w} {wrong}"}
+        )
     return rows
 
 
@@ -43,12 +45,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def make_trainer(model_dir: Path, data: Path, out: Path, *extra: str):
+def make_trainer(model_dir: Path, data: Path, out: Path, *extra: str, stage: str = "dpo"):
     """The trainer `sftforge train` builds, in this process, in the same steps (train/run.py)."""
     from sftforge.train.preference import build_preference_trainer
 
     cfg = load_config(None, ["--model_name_or_path", str(model_dir), "--train_data_path", str(data),
-                             "--stage", "dpo", "--output_dir", str(out), "--report_to", "none",
+                             "--stage", stage, "--output_dir", str(out), "--report_to", "none",
                              "--per_device_train_batch_size", "4", "--seed", "0", *extra])  # fmt: skip
     check_before_data(cfg)
     bundle, prepared = prepare_tokenized_data(cfg)
@@ -80,6 +82,45 @@ def test_step_0_loss_is_log_2_when_the_policy_is_the_reference(extra, tiny_model
     assert abs(loss.item() - math.log(2)) < 1e-4, loss.item()
     if extra == ("--precompute_ref_log_probs", "true"):  # no reference model held while training
         assert trainer.ref_model is None and "ref_chosen_logps" in trainer.train_dataset.column_names
+
+
+@pytest.mark.parametrize("loss", ["simpo", "orpo"])
+def test_reference_free_losses_score_the_pairs_as_laid_out(loss, tiny_model_dir, pairs, tmp_path):
+    """SimPO and ORPO run on TRL's CPOTrainer / ORPOTrainer over sftforge's pairs: their loss on a batch equals the
+    formula computed here from each answer's log-prob (summed over exactly the answer's tokens)."""
+    from sftforge.train.preference import pair_log_probs
+
+    beta, gamma = 0.1, 0.5
+    trainer = make_trainer(tiny_model_dir, pairs, tmp_path / "out", "--pref_loss", loss, "--pref_beta", str(beta),
+                           "--simpo_gamma", str(gamma))  # fmt: skip
+    assert getattr(trainer, "ref_model", None) is None  # reference-free: no second model
+    first = trainer.train_dataset.select(range(4))
+    chosen, rejected = pair_log_probs(trainer, first)
+    n_c = torch.tensor([len(x) for x in first["chosen_ids"]], dtype=torch.float32)
+    n_r = torch.tensor([len(x) for x in first["rejected_ids"]], dtype=torch.float32)
+    avg_c, avg_r = chosen / n_c, rejected / n_r
+    if loss == "simpo":  # -log σ(β (avg_c − avg_r) − γ), no SFT term (pref_ftx 0)
+        expected = -torch.nn.functional.logsigmoid(beta * (avg_c - avg_r) - gamma).mean()
+    else:  # NLL of the chosen answers − β log σ(log odds ratio)
+        log_odds = (avg_c - avg_r) - (torch.log1p(-avg_c.exp()) - torch.log1p(-avg_r.exp()))
+        nll = -chosen.sum() / n_c.sum()
+        expected = nll - beta * torch.nn.functional.logsigmoid(log_odds).mean()
+    batch = trainer._prepare_inputs(trainer.data_collator([first[i] for i in range(4)]))
+    loss_value = trainer.compute_loss(trainer.model, batch)
+    assert loss_value.item() == pytest.approx(expected.item(), abs=1e-4)
+
+
+def test_kto_starts_at_half_and_reads_the_rating(tiny_model_dir, tmp_path):
+    """KTO with the policy as reference: every answer's reward and the KL estimate are 0, so the loss is
+    1 − σ(0) = 0.5; the rating comes from the row's `label`."""
+    rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
+            for r in learnable_pairs(32) for side in ("chosen", "rejected")]  # fmt: skip
+    data = write_jsonl(tmp_path / "kto.jsonl", rows)
+    trainer = make_trainer(tiny_model_dir, data, tmp_path / "out", stage="kto")
+    assert trainer.train_dataset[0]["label"] is True and trainer.train_dataset[1]["label"] is False
+    assert "KL_completion_ids" in trainer.train_dataset.column_names
+    loss = trainer.compute_loss(trainer.model, first_batch(trainer))
+    assert abs(loss.item() - 0.5) < 1e-4, loss.item()
 
 
 def test_the_lora_reference_is_the_base_with_the_adapter_off(tiny_model_dir, pairs, tmp_path):

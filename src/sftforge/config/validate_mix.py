@@ -16,7 +16,7 @@ def check_mixing(values: dict[str, dict[str, Any]], explicit: set[str], problems
 
     data = values["data"]
     try:
-        compile_columns(data.get("columns"), data.get("tags"))
+        compile_columns(data.get("columns"), data.get("tags"), preference=data.get("stage") in ("dpo", "kto"))
     except ConfigError as e:
         problems.extend(e.problems)
     if data.get("stage") == "pt" and (data.get("columns") or data.get("tags")):

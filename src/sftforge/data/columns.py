@@ -45,13 +45,15 @@ _FORMAT_KEYS = frozenset(
 _OPTIONAL = frozenset({"input", "system", "history", "tools"})
 # Not SFT / not text: a clear refusal instead of "unknown".
 _REFUSED = {
-    "chosen": "preference data (chosen/rejected/kto_tag) is for DPO/KTO; sftforge trains SFT on `response`",
-    "rejected": "preference data (chosen/rejected/kto_tag) is for DPO/KTO; sftforge trains SFT on `response`",
-    "kto_tag": "preference data (chosen/rejected/kto_tag) is for DPO/KTO; sftforge trains SFT on `response`",
+    "chosen": "preference data (chosen/rejected/kto_tag) trains with stage: dpo (or kto); stage sft trains `response`",
+    "rejected": "preference data (chosen/rejected/kto_tag) trains with stage: dpo (or kto); stage sft trains `response`",
+    "kto_tag": "preference data (chosen/rejected/kto_tag) trains with stage: dpo (or kto); stage sft trains `response`",
     "images": "sftforge trains text only (no images/videos/audios columns)",
     "videos": "sftforge trains text only (no images/videos/audios columns)",
     "audios": "sftforge trains text only (no images/videos/audios columns)",
 }
+
+_PREFERENCE_COLUMNS = ("chosen", "rejected", "kto_tag")  # stage dpo / kto (data/preference_rows.py)
 
 # LLaMA-Factory's tag names → the canonical role the value stands for (formats.ROLE_ALIASES / function_call).
 ROLE_TAGS = {
@@ -85,14 +87,18 @@ class ColumnMap:
 
 
 def compile_columns(
-    columns: Mapping[str, Any] | None, tags: Mapping[str, Any] | None, where: str = ""
+    columns: Mapping[str, Any] | None,
+    tags: Mapping[str, Any] | None,
+    where: str = "",
+    preference: bool = False,
 ) -> ColumnMap | None:
     """Validate `columns` / `tags` (ConfigError listing every problem, keys prefixed by `where`, e.g.
-    "datasets[1]."); None when neither is given, so the default path stays untouched."""
+    "datasets[1]."); None when neither is given, so the default path stays untouched. `preference` (stage dpo /
+    kto): LLaMA-Factory's `chosen`, `rejected` and `kto_tag` columns are read too."""
     if not columns and not tags:
         return None
     problems: list[str] = []
-    fields, turns = _compile_fields(columns or {}, where, problems)
+    fields, turns = _compile_fields(columns or {}, where, problems, preference)
     role_tag, content_tag, roles = _compile_tags(tags or {}, where, problems)
     if problems:
         raise ConfigError(problems)
@@ -119,7 +125,7 @@ def _user_key(value: Any, key: str, problems: list[str]) -> str | None:
 
 
 def _compile_fields(
-    columns: Any, where: str, problems: list[str]
+    columns: Any, where: str, problems: list[str], preference: bool = False
 ) -> tuple[list[tuple[str, str, str]], tuple[str, str] | None]:
     fields: list[tuple[str, str, str]] = []
     turns: tuple[str, str] | None = None
@@ -128,6 +134,11 @@ def _compile_fields(
     targets: dict[str, str] = {}  # sftforge key → config name, to catch two names for one key
     for name, value in columns.items():
         key = f"{where}columns.{name}"
+        if name in _PREFERENCE_COLUMNS and preference:
+            user = _user_key(value, key, problems)
+            if user is not None:
+                fields.append((name, user, name))
+            continue
         if name in _REFUSED:
             problems.append(f"{key}: {_REFUSED[name]}.")
             continue
@@ -152,7 +163,8 @@ def _compile_fields(
             turns = (user, name)
         else:
             fields.append((target, user, name))
-    _check_shape(targets, where, problems)
+    if not (preference and {"chosen", "kto_tag"} & set(columns)):  # a pair's answers are chosen and rejected
+        _check_shape(targets, where, problems)
     return fields, turns
 
 

@@ -107,12 +107,15 @@ def meta_model(cfg: SFTConfig, tokenizer: Any) -> Any:
 
 
 def summary_rows(cfg: SFTConfig, data: Any) -> Any:
-    """What the Trainer would iterate, for the summary's counts: packed rows (SFT with packing) or examples."""
+    """What the Trainer would iterate, for the summary's counts: packed rows (SFT with packing), pairs (stage dpo:
+    two stored examples each) or examples."""
     from sftforge.data.packing import pack_lengths
     from sftforge.data.train_sets import PackedDataset
 
     if cfg.data.stage != "pt" and cfg.data.packing and not cfg.data.streaming:
         return PackedDataset(data.train, pack_lengths(data.train.lengths, cfg.data.max_length))
+    if cfg.data.stage == "dpo":
+        return range(len(data.train) // 2)
     return data.train
 
 
@@ -134,6 +137,10 @@ def model_as_trained(cfg: SFTConfig, bundle: Any) -> Any:
             f"dry run: parameters counted unquantized; the run loads the base in {cfg.peft.quantization_bit}-bit"
         )
     cfg.notes.extend([*notes, *([moe_note] if moe_note else [])])
+    if cfg.data.stage in ("dpo", "kto"):
+        from sftforge.train.run import reference_choice
+
+        cfg.notes.append(reference_choice(cfg))
     return model
 
 

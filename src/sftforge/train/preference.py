@@ -205,7 +205,13 @@ class _ReferenceFreeMixin(_PreferenceMixin):
 
 
 class SftforgeORPOTrainer(_ReferenceFreeMixin, SFTTrainer, ORPOTrainer):
-    pass
+    def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:
+        """ORPO's NLL term on the chosen answers' tokens only, like every loss sftforge trains: TRL's takes the
+        prompt's tokens too. Its per-answer mean log-probs (what the odds ratio uses) give it exactly."""
+        out = super().concatenated_forward(model, batch)
+        answer_tokens = (batch["chosen_labels"][:, 1:] != -100).sum(dim=-1)
+        nll = -(out[0] * answer_tokens).sum() / answer_tokens.sum().clamp(min=1)
+        return (*out[:4], nll, *out[5:])
 
 
 class SftforgeCPOTrainer(_ReferenceFreeMixin, SFTTrainer, CPOTrainer):

@@ -87,7 +87,9 @@ def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
         options,
         cfg.data.truncation,
         cfg.data.multi_turn,
-        columns=compile_columns(cfg.data.columns, cfg.data.tags),
+        columns=compile_columns(
+            cfg.data.columns, cfg.data.tags, preference=cfg.data.stage in PREFERENCE_STAGES
+        ),
         preference=cfg.data.stage if cfg.data.stage in ("dpo", "kto") else "",
     )
 
@@ -117,7 +119,9 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 def build_trainer(
     cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any, ref_model: Any = None
 ) -> SFTTrainer:
-    if cfg.data.stage in PREFERENCE_STAGES:  # TRL's DPOTrainer / KTOTrainer, sftforge's data (train/preference.py)
+    if (
+        cfg.data.stage in PREFERENCE_STAGES
+    ):  # TRL's DPOTrainer / KTOTrainer, sftforge's data (train/preference.py)
         from sftforge.train.preference import build_preference_trainer
 
         return build_preference_trainer(cfg, bundle, data, model, ref_model)
@@ -172,31 +176,39 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
     return ExampleDataset(data.train), evaluation
 
 
+def reference_choice(cfg: SFTConfig) -> str:
+    """Which reference stage dpo / kto compares the policy with (a start-up decision line, `--dry_run` too)."""
+    pref = cfg.pref
+    if pref.reference_free:
+        return f"reference: none ({pref.pref_loss} is reference-free)"
+    if pref.ref_model:
+        return f"reference: {pref.ref_model} (frozen)"
+    if pref.precompute_ref_log_probs:
+        return (
+            "reference: the starting model's log-probs, computed once before training (cached with the data)"
+        )
+    if cfg.peft.is_adapter:
+        return "reference: the base model with the adapter switched off (no second copy)"
+    return "reference: a frozen copy of the starting model"
+
+
 def reference_model(cfg: SFTConfig, model: Any, bundle: TokenizerBundle) -> Any:
     """The model DPO/KTO compare the policy with, or None when TRL needs none of its own: a reference-free loss
     (orpo, simpo), precomputed log-probs (scored by the model before its first step), or an adapter (the base with
     the adapter switched off). Otherwise a frozen copy of the starting model, or the model at `ref_model`."""
+    from sftforge.train.preference import frozen_reference
+
     pref = cfg.pref
-    if pref.reference_free:
+    cfg.notes.append(reference_choice(cfg))
+    if pref.reference_free or pref.precompute_ref_log_probs or (cfg.peft.is_adapter and not pref.ref_model):
         return None
     if pref.ref_model:
         from dataclasses import replace
 
-        from sftforge.train.preference import frozen_reference
-
         ref_args = replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
-        ref = load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
-        cfg.notes.append(f"reference: {pref.ref_model} (frozen)")
-        return frozen_reference(ref)
-    if pref.precompute_ref_log_probs:
-        cfg.notes.append("reference: the starting model's log-probs, computed once before training (cached)")
-        return None
-    if cfg.peft.is_adapter:
-        cfg.notes.append("reference: the base model with the adapter switched off (no second copy)")
-        return None
-    from sftforge.train.preference import frozen_reference
-
-    cfg.notes.append("reference: a frozen copy of the starting model")
+        return frozen_reference(
+            load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+        )
     return frozen_reference(model)
 
 
