@@ -236,3 +236,31 @@ def test_a_nan_loss_under_deepspeed_stops_before_the_engine_steps(tiny_model_dir
         _without_noise(proc.stderr)[-4000:]
     )
     assert proc.stdout.count("sftforge-faults: engine steps: 2") == 2, proc.stdout[-3000:]  # both ranks
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    rows = [{"prompt": f"Is {w} on the list? ({i})", "chosen": f"{w} {'yes' if i % 2 else 'no'}",
+             "rejected": f"{w} {'no' if i % 2 else 'yes'}"} for i, w in enumerate(WORDS * 3)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra", [(), ("--precompute_ref_log_probs", "true")], ids=["frozen_reference", "precomputed"]
+)
+def test_dpo_under_zero3_matches_one_process(extra, tiny_model_dir, pairs, tmp_path):
+    """stage dpo on two ZeRO-3 processes (TRL wraps the reference in an engine of its own, or scores it once before
+    training) trains what one process trains: the same losses step by step and the same weights."""
+    dpo = ("--stage", "dpo", "--save_strategy", "no", *extra)
+    single = tmp_path / "single"
+    run([sys.executable, "-m", "sftforge", *train_args(tiny_model_dir, pairs, single, *dpo,
+         "--per_device_train_batch_size", "4")])  # fmt: skip
+    out = tmp_path / "zero3"
+    run(accelerate("configs/accelerate/zero3.yaml", *train_args(tiny_model_dir, pairs, out, *dpo,
+        "--per_device_train_batch_size", "2")))  # fmt: skip
+    assert_matches(out, single)
+    history = json.loads((out / "log_history.json").read_text())
+    assert history[0]["loss"] == pytest.approx(0.693147, abs=1e-4)  # policy = reference at the first step
+    assert "rewards/accuracies" in history[0]

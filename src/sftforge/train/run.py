@@ -202,13 +202,21 @@ def reference_model(cfg: SFTConfig, model: Any, bundle: TokenizerBundle) -> Any:
     cfg.notes.append(reference_choice(cfg))
     if pref.reference_free or pref.precompute_ref_log_probs or (cfg.peft.is_adapter and not pref.ref_model):
         return None
-    if pref.ref_model:
+    if pref.ref_model or getattr(cfg.training, "deepspeed_plugin", None) is not None:
+        # DeepSpeed: the policy's weights are sharded (ZeRO-3) or about to be, and a copy of them would be shards
+        # without an engine; the reference is loaded as the policy was, and TRL gives it an engine of its own.
         from dataclasses import replace
 
-        ref_args = replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
-        return frozen_reference(
-            load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+        ref_args = (
+            replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
+            if pref.ref_model
+            else cfg.model
         )
+        set_seed(cfg.training.seed)  # a random init (config_name) draws the same weights as the policy's did
+        ref = load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+        # not frozen (requires_grad stays): ZeRO-3's engine for it then fetched nothing (numel 0) on the CPU run;
+        # TRL runs the reference under no_grad and never hands it to an optimizer either way
+        return ref.eval()
     return frozen_reference(model)
 
 
