@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU build of torch (lies on this machine's disk). GPU users: see README "GPU install".
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format clean gpu-check browser
+.PHONY: install demo demo-dpo test test-fast lint format clean gpu-check browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m sftforge demo
+
+# SFT → DPO: preference-train the demo model (made first when missing) on examples/demo/pairs.jsonl
+demo-dpo: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m sftforge demo --stage dpo
 
 # The web chat page test drives the OS's Chromium (Debian package, not a Playwright download). As root, or with
 # password-less sudo, this installs chromium + fonts-noto-cjk when missing; otherwise it says why (never fails).

@@ -16,12 +16,22 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DATA = REPO / "examples" / "demo"
 DEMO_RECIPE = REPO / "recipes" / "demo.yaml"
+DPO_RECIPE = REPO / "recipes" / "demo_dpo.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output_dir", default="outputs/demo", help="where the base and trained models go")
-    parser.add_argument("--recipe", default=str(DEMO_RECIPE), help="the training recipe")
+    parser.add_argument(
+        "--recipe", default=None, help="the training recipe (default: the stage's demo recipe)"
+    )
     parser.add_argument("--data_dir", default=str(DEMO_DATA), help="folder with train.jsonl and test.jsonl")
+    parser.add_argument(
+        "--stage",
+        choices=("sft", "dpo"),
+        default="sft",
+        help="sft: build the tiny model and fine-tune it; dpo: then preference-train the fine-tuned model on "
+        "pairs.jsonl (answers with commas preferred), scoring before and after",
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -62,6 +72,9 @@ def _show(title: str, score: float, results: list[tuple], n: int = 4) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.stage == "dpo":
+        return run_dpo(args)
+    args.recipe = args.recipe or str(DEMO_RECIPE)
     from sftforge.config import load_config
     from sftforge.testing import build_tiny_model
     from sftforge.train.run import run_training
@@ -122,4 +135,56 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"Try it: sftforge chat {out / 'model'}   (e.g. 'Reverse: cat moon river')")
     print(f"   or:  sftforge serve {out / 'model'}  (web chat page and OpenAI API at http://127.0.0.1:8000)")
+    return 0
+
+
+def comma_form(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The test rows with the answer the DPO pairs prefer: the same words, separated by commas."""
+    out = []
+    for row in rows:
+        *prompt, answer = row["messages"]
+        out.append({"messages": [*prompt, {**answer, "content": ", ".join(answer["content"].split())}]})
+    return out
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    """SFT → DPO: preference-train the demo's fine-tuned model (made first when missing) on pairs that prefer
+    comma-separated answers, and score held-out prompts in that form before and after."""
+    from sftforge.config import load_config
+    from sftforge.train.run import run_training
+
+    started = time.time()
+    out, data_dir = Path(args.output_dir), Path(args.data_dir)
+    sft = out / "model"
+    if not (sft / "config.json").is_file():
+        print(f"No fine-tuned demo model at {sft}: running the SFT demo first.\n")
+        run(argparse.Namespace(**{**vars(args), "stage": "sft", "recipe": None}))
+    test_rows = comma_form(read_jsonl(data_dir / "test.jsonl"))
+    print("\nStep 1/3 — scoring the fine-tuned model on the preferred (comma) form…")
+    before, before_results = exact_match(sft, test_rows)
+    _show("Before DPO", before, before_results)
+    recipe = args.recipe or str(DPO_RECIPE)
+    print("\nStep 2/3 — preference training (DPO) with", recipe)
+    shutil.rmtree(out / "dpo", ignore_errors=True)
+    cfg = load_config(recipe, ["--model_name_or_path", str(sft), "--train_data_path",
+                               str(data_dir / "pairs.jsonl"), "--output_dir", str(out / "dpo")])  # fmt: skip
+    metrics = run_training(cfg)
+    print("Step 3/3 — scoring the preference-trained model…")
+    after, after_results = exact_match(out / "dpo", test_rows)
+    _show("After DPO", after, after_results)
+    summary = {
+        "preference_accuracy_before": metrics.get("eval_preference_accuracy_before"),
+        "preference_accuracy_after": metrics.get("eval_preference_accuracy"),
+        "reward_accuracy_after": metrics.get("eval_rewards/accuracies"),
+        "comma_form_exact_match_before": before,
+        "comma_form_exact_match_after": after,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    (out / "demo_dpo_result.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(
+        f"\nHeld-out pairs where the model prefers the chosen answer: {summary['preference_accuracy_before']:.0%} "
+        f"before → {summary['preference_accuracy_after']:.0%} after; held-out answers in the preferred form: "
+        f"{100 * before:.1f}% → {100 * after:.1f}% (total {summary['wall_time_s']} s). Model: {out / 'dpo'}"
+    )
+    print(f"Try it: sftforge chat {out / 'dpo'}   (e.g. 'Reverse: cat moon river')")
     return 0

@@ -74,7 +74,7 @@ def write_model_card(
         "---",
         f"base_model: {base_model}",
         f"library_name: {'peft' if adapter is not None else 'transformers'}",
-        f"tags: [sftforge, sft{_tag(adapter)}]",
+        f"tags: [sftforge, {preference['stage'] if preference else 'sft'}{_tag(adapter)}]",
         "---",
         "",
         f"# {Path(training.output_dir).name}",

@@ -412,11 +412,16 @@ def _describe_data(cfg: SFTConfig, data: PreparedData) -> str:
     if cfg.data.datasets:  # a mix: its report names every source and its share
         source = [line.strip() for line in data.mix] or [str(d) for d in cfg.data.datasets]
     formats = ", ".join(f"{k}: {v}" for k, v in data.train_stats.formats.items())
+    per, unit, trained = 1, "examples", "trained"
+    if cfg.data.stage in PREFERENCE_STAGES:  # a pair is two stored examples; its answers are scored
+        per, unit, trained = (
+            (2, "pairs", "scored") if cfg.data.stage == "dpo" else (1, "rated answers", "scored")
+        )
     return (
         f"Data: {', '.join(map(str, source))} — {data.train_stats.kept} usable rows ({formats}); "
-        f"{len(data.train)} trained on; "
-        f"{data.train_stats.trained_tokens} trained tokens of {data.train_stats.tokens}. "
-        f"Eval: {len(data.eval)} examples."
+        f"{len(data.train) // per} {unit} trained on; "
+        f"{data.train_stats.trained_tokens} {trained} tokens of {data.train_stats.tokens}. "
+        f"Eval: {len(data.eval) // per} {unit}."
     )
 
 
