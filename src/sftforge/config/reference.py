@@ -9,6 +9,7 @@ from typing import Any
 from sftforge.cli_help import terminal_width, wrap_labelled
 from sftforge.config.loader import ALIASES
 from sftforge.config.peft_args import PeftArguments
+from sftforge.config.pref_args import PreferenceArguments
 from sftforge.config.schema import SECTIONS, DataArguments, LaunchArguments, ModelArguments
 
 # The TrainingArguments users reach for most; every other field works too.
@@ -85,6 +86,7 @@ def argument_reference(width: int | None = None) -> str:
         "",
     ]
     sections = (("model", ModelArguments), ("data", DataArguments), ("peft", PeftArguments),
+                ("preference training (stage dpo / kto)", PreferenceArguments),
                 ("launch (multi-process through accelerate launch)", LaunchArguments))  # fmt: skip
     for title, cls in sections:
         out.append(f"{title}:")
@@ -121,7 +123,7 @@ def _migration_lines(width: int) -> list[str]:
         "dataset: a,b + dataset_dir (holds dataset_info.json: file_name | hf_hub_url, columns, tags, num_samples) "
         "→ train_data_path + columns / tags, or datasets: [...]; eval_dataset → eval_data_path",
         f"template: {' | '.join(template_names())} | a .jinja file",
-        "stage: sft | pt; plot_loss; new_special_tokens: '<a>,<b>'; logging_dir; lora_rank; "
+        "stage: sft | pt | dpo | kto (pref_beta, pref_loss, pref_ftx, simpo_gamma, kto_*_weight); plot_loss; new_special_tokens: '<a>,<b>'; logging_dir; lora_rank; "
         "lora_target: q_proj,v_proj | all",
         "also understood: " + ", ".join(SWITCHES),
     ]
