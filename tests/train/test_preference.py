@@ -73,7 +73,12 @@ def pairs(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(
     "extra",
-    [(), ("--finetuning_type", "lora"), ("--finetuning_type", "qlora"), ("--precompute_ref_log_probs", "true")],
+    [
+        (),
+        ("--finetuning_type", "lora"),
+        ("--finetuning_type", "qlora"),
+        ("--precompute_ref_log_probs", "true"),
+    ],
     ids=["frozen_copy", "lora_adapter_off", "qlora_adapter_off", "precomputed"],
 )
 def test_step_0_loss_is_log_2_when_the_policy_is_the_reference(extra, tiny_model_dir, pairs, tmp_path):

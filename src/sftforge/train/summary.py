@@ -68,11 +68,7 @@ def data_summary_lines(cfg: Any, data: Any) -> list[str]:
         f"({100 * stats.trained_fraction:.1f}%), {stats.truncated} examples truncated to {cfg.data.max_length} "
         f"(truncation: {cfg.data.truncation})",
         f" split        {len(data.train)} train / {len(data.eval)} eval examples",
-        *(
-            [f" cache        {cache.describe()}"]
-            if (cache := getattr(data, "cache", None)) is not None
-            else []
-        ),
+        *cache_lines(data),
     ]
 
 
@@ -92,12 +88,14 @@ def preference_summary_lines(cfg: Any, data: Any, dropped: str) -> list[str]:
         f" tokens       {stats.tokens} total, {stats.trained_tokens} scored ({100 * stats.trained_fraction:.1f}%); "
         f"rows longer than {cfg.data.max_length} tokens are dropped, never cut",
         f" split        {len(data.train) // per} train / {len(data.eval) // per} eval {unit}",
-        *(
-            [f" cache        {cache.describe()}"]
-            if (cache := getattr(data, "cache", None)) is not None
-            else []
-        ),
+        *cache_lines(data),
     ]
+
+
+def cache_lines(data: Any) -> list[str]:
+    """What the tokenized-data cache did (hit, stored, off), when it was asked."""
+    cache = getattr(data, "cache", None)
+    return [f" cache        {cache.describe()}"] if cache is not None else []
 
 
 def length_lines(cfg: Any, data: Any) -> list[str]:
@@ -149,11 +147,7 @@ def pretrain_summary_lines(cfg: Any, data: Any) -> list[str]:
         f"({100 * blocks.coverage:.2f}% coverage, every block token is a label)",
         f" blocks       {layout}",
         f" split        {len(data.train)} train / {len(data.eval)} eval rows",
-        *(
-            [f" cache        {cache.describe()}"]
-            if (cache := getattr(data, "cache", None)) is not None
-            else []
-        ),
+        *cache_lines(data),
     ]
 
 
