@@ -154,3 +154,32 @@ def test_lengths_are_shown_and_too_many_long_rows_are_a_warning_not_the_training
         " ⚠ dropped 1 of 12 train rows (8.3%) longer than max_length=64 (exceeds_max_length: 1), more than "
         "max_dropped_fraction=0.05: `sftforge train` stops"
     )
+
+
+def test_preference_pairs_show_the_scored_answers_and_json_is_trls_features(
+    tmp_path: Path, tiny_model_dir: Path
+):
+    """stage dpo: each pair's chosen and rejected sequences with only the answer marked; --json gives the
+    {prompt_ids, chosen_ids, rejected_ids} the DPO trainer reads, one line per pair."""
+    data = tmp_path / "pairs.jsonl"
+    pairs = [
+        {"prompt": f"Question {i}?", "chosen": f"Right {i}.", "rejected": f"Wrong {i}."} for i in range(4)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in pairs) + "\n")
+    args = ["--model_name_or_path", str(tiny_model_dir), "--train_data_path", str(data), "--stage", "dpo",
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    out = io.StringIO()
+    assert inspect_data.run([*args, "--num_examples", "1"], stdout=out) == 0
+    text = out.getvalue()
+    assert f"── pair 0 · {data}:1#chosen" in text and f"── pair 0 · {data}:1#rejected" in text
+    assert "[[Right 0.<|im_end|>]]" in text and "[[Wrong 0.<|im_end|>]]" in text
+    assert "[[Question" not in text and "split        4 train / 0 eval pairs" in text
+    out = io.StringIO()
+    assert inspect_data.run([*args, "--json"], stdout=out) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 4 and set(lines[0]) == {"prompt_ids", "chosen_ids", "rejected_ids"}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tok.decode(lines[2]["chosen_ids"]) == "Right 2.<|im_end|>"
+    assert tok.decode(lines[2]["prompt_ids"]).endswith("Question 2?<|im_end|>\n<|im_start|>assistant\n")

@@ -221,12 +221,10 @@ def _preference_batching(cfg: Any) -> str:
 def preference_lines(metrics: dict[str, Any]) -> list[str]:
     """stage dpo / kto: how the rewards moved, and on the eval pairs the model's own preference before → after."""
     lines = []
-    if "rewards/accuracies_last" in metrics:
-        lines.append(
-            f" rewards      accuracy {metrics['rewards/accuracies_first']:.3f} → "
-            f"{metrics['rewards/accuracies_last']:.3f}, margin {metrics['rewards/margins_first']:.4f} → "
-            f"{metrics['rewards/margins_last']:.4f} (training batches)"
-        )
+    moved = [f"{name} {metrics[f'rewards/{key}_first']:.4g} → {metrics[f'rewards/{key}_last']:.4g}"
+             for key, name in (("accuracies", "accuracy"), ("margins", "margin")) if f"rewards/{key}_last" in metrics]  # fmt: skip
+    if moved:  # KTO logs margins but no accuracy
+        lines.append(f" rewards      {', '.join(moved)} (training batches)")
     if "eval_preference_accuracy" in metrics:
         start = metrics.get("eval_preference_accuracy_before")
         lines.append(
