@@ -1,14 +1,14 @@
 """Preference training (`stage: dpo | kto`) on TRL's own trainers, with sftforge's data and safety around them.
 
 The loss, the reference model's handling and the metrics (rewards/chosen, rewards/rejected, rewards/margins,
-rewards/accuracies) are TRL's: `DPOTrainer` and `KTOTrainer`, configured from the recipe. What sftforge adds is
-what it adds to SFT, by the same `SFTTrainer` mixed in: the pairs are rendered by the chat template and verified
+rewards/accuracies) are TRL's: `DPOTrainer` and `KTOTrainer` (ORPO and SimPO: train/reference_free.py),
+configured from the recipe. What sftforge adds is what it adds to SFT, by the same `SFTTrainer` mixed in: the pairs are rendered by the chat template and verified
 (data/preference.py) instead of re-tokenized by TRL, checkpoints are committed and rotated safely, a NaN step is
 caught, and tokens are counted.
 
-The reference is the model before its first step: a frozen copy (full fine-tuning), the base with the adapter
-switched off (a fresh LoRA adapter: no second copy), the model at `ref_model`, or none while training when its
-log-probs are precomputed — TRL then caches them next to the tokenized pairs (data cache), so the next run with the
+The reference is the model before its first step: a frozen copy (full fine-tuning; under DeepSpeed, loaded again),
+the base with the adapter switched off (a fresh LoRA adapter: no second copy), the model at `ref_model`, or none
+while training when its log-probs are precomputed — TRL then caches them next to the tokenized pairs (data cache), so the next run with the
 same data and reference reads them back.
 """
 
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
-from trl.experimental.cpo import CPOConfig, CPOTrainer
-from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from sftforge.config.pref_args import PreferenceArguments
 from sftforge.config.schema import SFTTrainingKeys
@@ -96,27 +94,16 @@ class KTOTrainingArguments(SFTTrainingKeys, KTOConfig):
     """TRL's KTOConfig with sftforge's own training keys."""
 
 
-@dataclasses.dataclass
-class CPOTrainingArguments(SFTTrainingKeys, CPOConfig):
-    """TRL's CPOConfig (SimPO is its loss_type simpo) with sftforge's own training keys."""
-
-
-@dataclasses.dataclass
-class ORPOTrainingArguments(SFTTrainingKeys, ORPOConfig):
-    """TRL's ORPOConfig with sftforge's own training keys."""
-
-
 def trl_arguments(training: Any, pref: PreferenceArguments, stage: str, max_length: int = 1024) -> Any:
     """The recipe's training arguments as TRL's config for the stage: every TrainingArguments value as
     resolved, plus the preference keys under TRL's names."""
     loss = pref.loss(stage)
     values = {f.name: getattr(training, f.name) for f in dataclasses.fields(training) if f.init}
     values.update(beta=pref.pref_beta, disable_dropout=True)
-    if loss == "orpo":  # TRL's ORPOTrainer: beta is ORPO's λ, the weight of the odds-ratio term
-        return ORPOTrainingArguments(**values, max_length=max_length)
-    if loss == "simpo":  # TRL's CPOTrainer with loss_type simpo; pref_ftx is CPO's NLL weight (0: pure SimPO)
-        return CPOTrainingArguments(**values, max_length=max_length, loss_type="simpo", cpo_alpha=pref.pref_ftx,
-                                    simpo_gamma=pref.simpo_gamma, label_smoothing=pref.dpo_label_smoothing)  # fmt: skip
+    if pref.reference_free:  # ORPO / SimPO: TRL's experimental trainers (train/reference_free.py)
+        from sftforge.train.reference_free import reference_free_arguments
+
+        return reference_free_arguments(values, pref, max_length)
     # sftforge's pairs are whole (never cut) and verified: no truncation, no re-tokenizing
     values.update(precompute_ref_log_probs=pref.precompute_ref_log_probs, max_length=None)
     if stage == "kto":
@@ -151,7 +138,7 @@ def frozen_reference(model: Any) -> Any:
 # ---------------------------------------------------------------- the trainers
 
 
-class _PreferenceMixin:
+class PreferenceMixin:
     """What sftforge changes in TRL's preference trainers."""
 
     reports_perplexity = False  # exp(DPO loss) is no perplexity
@@ -179,46 +166,13 @@ def _is_lora(config: Any) -> bool:
     return isinstance(config, LoraConfig)
 
 
-class SftforgeDPOTrainer(_PreferenceMixin, SFTTrainer, DPOTrainer):
+class SftforgeDPOTrainer(PreferenceMixin, SFTTrainer, DPOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._drop_reference_adapter()
 
 
-class _ReferenceFreeMixin(_PreferenceMixin):
-    """TRL's ORPOTrainer and CPOTrainer (SimPO) tokenize text rows one by one; here `tokenize_row` only lays out
-    sftforge's verified pair as they expect it: the prompt's tokens, then each answer with the prompt's labels
-    at -100."""
-
-    def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
-        prompt = list(feature["prompt_ids"])
-        out = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
-        for side in ("chosen", "rejected"):
-            answer = list(feature[f"{side}_ids"])
-            out[f"{side}_input_ids"] = prompt + answer
-            out[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
-            out[f"{side}_labels"] = [-100] * len(prompt) + answer
-        return out
-
-    def _drop_reference_adapter(self) -> None:
-        return None  # no reference at all
-
-
-class SftforgeORPOTrainer(_ReferenceFreeMixin, SFTTrainer, ORPOTrainer):
-    def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:
-        """ORPO's NLL term on the chosen answers' tokens only, like every loss sftforge trains: TRL's takes the
-        prompt's tokens too. Its per-answer mean log-probs (what the odds ratio uses) give it exactly."""
-        out = super().concatenated_forward(model, batch)
-        answer_tokens = (batch["chosen_labels"][:, 1:] != -100).sum(dim=-1)
-        nll = -(out[0] * answer_tokens).sum() / answer_tokens.sum().clamp(min=1)
-        return (*out[:4], nll, *out[5:])
-
-
-class SftforgeCPOTrainer(_ReferenceFreeMixin, SFTTrainer, CPOTrainer):
-    pass
-
-
-class SftforgeKTOTrainer(_PreferenceMixin, SFTTrainer, KTOTrainer):
+class SftforgeKTOTrainer(PreferenceMixin, SFTTrainer, KTOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._drop_reference_adapter()
@@ -248,8 +202,10 @@ def build_preference_trainer(
     args = trl_arguments(cfg.training, cfg.pref, stage, cfg.data.max_length)
     kwargs: dict[str, Any] = {"model": model, "args": args, "train_dataset": train, "eval_dataset": evaluation,
                               "processing_class": bundle.tokenizer}  # fmt: skip
-    if loss in ("orpo", "simpo"):
-        cls: type = SftforgeORPOTrainer if loss == "orpo" else SftforgeCPOTrainer
+    if cfg.pref.reference_free:
+        from sftforge.train.reference_free import reference_free_trainer_class
+
+        cls: type = reference_free_trainer_class(loss)
     else:
         cls = SftforgeKTOTrainer if stage == "kto" else SftforgeDPOTrainer
         kwargs["ref_model"] = ref_model
