@@ -105,3 +105,15 @@ def test_kto_rows():
         to_kto_row({"prompt": "q", "completion": "a", "label": "maybe"})
     with pytest.raises(RowError, match="kto_missing_label"):
         to_kto_row({"prompt": "q", "completion": "a"})
+
+
+def test_a_pair_read_as_sft_says_to_use_stage_dpo():
+    from sftforge.data.formats import to_conversation
+
+    with pytest.raises(RowError) as info:
+        to_conversation({"prompt": "q", "chosen": "a", "rejected": "b"}, "f.jsonl:1")
+    assert info.value.reason == "preference_row" and "stage: dpo" in info.value.detail
+    for row in ({"prompt": "q", "completion": "a", "label": False},
+                {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "kto_tag": False}):  # fmt: skip
+        with pytest.raises(RowError, match="stage: kto"):
+            to_conversation(row, "f.jsonl:2")

@@ -61,6 +61,14 @@ def detect_format(row: Any) -> str:
         return "prompt_completion"
     if "text" in row:
         return "text"
+    if (
+        "chosen" in row and "rejected" in row
+    ):  # a preference pair: its suggestion would train the rejected answer
+        raise RowError(
+            "preference_row",
+            "the row is a preference pair (chosen/rejected), not a conversation to imitate; train it with "
+            "stage: dpo (see README, Preference training)",
+        )
     raise RowError(
         "unknown_format",
         f"cannot tell the format: keys found {list(row)}; expected one of: "
@@ -73,6 +81,13 @@ def to_conversation(row: Any, source: str = "") -> Conversation:
     """Convert one raw row to a validated Conversation (raises RowError if it cannot be used)."""
     fmt = detect_format(row)
     _refuse_media(row)
+    if "kto_tag" in row or isinstance(row.get("label"), bool) and fmt == "prompt_completion":
+        # a rated answer: trained as SFT, the undesirable ones would be imitated too
+        raise RowError(
+            "preference_row",
+            "the row is a rated answer for KTO (`kto_tag` / a true-false `label`), not a conversation to imitate; "
+            "train it with stage: kto (see README, Preference training)",
+        )
     if fmt == "text":
         return Conversation(messages=[], source=source, format=fmt, meta={"text": _text_row(row)})
     if fmt == "alpaca":
