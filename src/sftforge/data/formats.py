@@ -80,8 +80,8 @@ def detect_format(row: Any) -> str:
 def to_conversation(row: Any, source: str = "") -> Conversation:
     """Convert one raw row to a validated Conversation (raises RowError if it cannot be used)."""
     fmt = detect_format(row)
-    _refuse_media(row)
-    if "kto_tag" in row or isinstance(row.get("label"), bool) and fmt == "prompt_completion":
+    refuse_media(row)
+    if "kto_tag" in row or isinstance(row.get("label"), bool):
         # a rated answer: trained as SFT, the undesirable ones would be imitated too
         raise RowError(
             "preference_row",
@@ -91,7 +91,7 @@ def to_conversation(row: Any, source: str = "") -> Conversation:
     if fmt == "text":
         return Conversation(messages=[], source=source, format=fmt, meta={"text": _text_row(row)})
     if fmt == "alpaca":
-        messages, labels = _alpaca(row)
+        messages, labels = alpaca_turns(row)
     elif fmt == "prompt_completion":
         messages, labels = _prompt_completion(row)
     else:
@@ -99,11 +99,11 @@ def to_conversation(row: Any, source: str = "") -> Conversation:
         messages, labels = parse_turns(row[key], key), None
     validate_messages(messages, labels)
     if fmt != "alpaca":  # alpaca reads its `system` field itself
-        messages = _with_row_system(row, messages)
+        messages = with_row_system(row, messages)
     return Conversation(messages=messages, tools=normalize_tools(row.get("tools")), source=source, format=fmt)
 
 
-def _refuse_media(row: dict[str, Any]) -> None:
+def refuse_media(row: dict[str, Any]) -> None:
     media = [key for key in MEDIA_KEYS if row.get(key) not in (None, "", [], {})]
     if media:
         raise RowError(
@@ -124,10 +124,10 @@ def parse_turns(turns: Any, key: str) -> list[Message]:
         raise RowError("bad_content_type", f"`{key}` must be a list of turns, got a {type(turns).__name__}")
     if not turns:
         raise RowError("empty_messages", f"`{key}` is an empty list: the conversation has no turns")
-    return [_parse_turn(turn, i) for i, turn in enumerate(turns)]
+    return [parse_turn(turn, i) for i, turn in enumerate(turns)]
 
 
-def _parse_turn(turn: Any, i: int) -> Message:
+def parse_turn(turn: Any, i: int) -> Message:
     if not isinstance(turn, dict):
         raise RowError(
             "bad_content_type", f"turn {i} is a {type(turn).__name__}, not an object with role and content"
@@ -254,7 +254,7 @@ def _field_text(row: dict[str, Any], key: str) -> str:
     return value
 
 
-def _alpaca(row: dict[str, Any]) -> tuple[list[Message], list[str]]:
+def alpaca_turns(row: dict[str, Any]) -> tuple[list[Message], list[str]]:
     turns: list[tuple[Message, str]] = []
     system = _field_text(row, "system")
     if system.strip():
@@ -307,7 +307,7 @@ def _text_row(row: dict[str, Any]) -> str:
     return text
 
 
-def _with_row_system(row: dict[str, Any], messages: list[Message]) -> list[Message]:
+def with_row_system(row: dict[str, Any], messages: list[Message]) -> list[Message]:
     """A row-level `system` field (ShareGPT/LLaMA-Factory) becomes the first turn unless one already exists."""
     system = _field_text(row, "system")
     if not system.strip() or any(m.role == "system" for m in messages):
