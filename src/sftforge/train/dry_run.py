@@ -138,9 +138,9 @@ def model_as_trained(cfg: SFTConfig, bundle: Any) -> Any:
         )
     cfg.notes.extend([*notes, *([moe_note] if moe_note else [])])
     if cfg.data.stage in ("dpo", "kto"):
-        from sftforge.train.run import reference_choice
+        from sftforge.train.run import reference_plan
 
-        cfg.notes.append(reference_choice(cfg))
+        cfg.notes.append(reference_plan(cfg)[1])
     return model
 
 

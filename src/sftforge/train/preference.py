@@ -142,7 +142,6 @@ class PreferenceMixin:
     """What sftforge changes in TRL's preference trainers."""
 
     reports_perplexity = False  # exp(DPO loss) is no perplexity
-    fresh_adapter = True  # the LoRA adapter starts at zero (B = 0): the base model is the reference
 
     def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
         return dataset  # tokenized and verified by sftforge (data/preference.py); TRL must not re-tokenize
@@ -151,11 +150,13 @@ class PreferenceMixin:
         return None  # sftforge writes the model card once, at the end (export/model_card.py)
 
     def _drop_reference_adapter(self) -> None:
-        """TRL copies a PEFT model's adapter as "ref" to score the reference; a fresh LoRA adapter changes
-        nothing yet, so the base model with the adapter switched off is the same reference, without the copy."""
+        """TRL copies a PEFT model's adapter as "ref" to score the reference. sftforge's LoRA adapters always start
+        fresh (B = 0: they change nothing yet), so the base with the adapter switched off is the same reference,
+        without the copy. Other adapter kinds (prefix, prompt tuning, IA3) do change the model at the start: their
+        copy stays."""
         model = self.accelerator.unwrap_model(self.model)
         peft_config = getattr(model, "peft_config", {})
-        if self.fresh_adapter and "ref" in peft_config and _is_lora(peft_config["ref"]):
+        if "ref" in peft_config and _is_lora(peft_config["ref"]):
             model.delete_adapter("ref")
             model.set_adapter("default")
 
@@ -190,9 +191,7 @@ class SftforgeKTOTrainer(PreferenceMixin, SFTTrainer, KTOTrainer):
         return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
 
 
-def build_preference_trainer(
-    cfg: Any, bundle: Any, data: Any, model: Any, ref_model: Any = None, fresh_adapter: bool = True
-) -> Any:
+def build_preference_trainer(cfg: Any, bundle: Any, data: Any, model: Any, ref_model: Any = None) -> Any:
     stage = cfg.data.stage
     # TRL switches activation checkpointing off around each reference forward through an API transformers 5
     # deprecated: a notice per step that the user can do nothing about
@@ -209,9 +208,7 @@ def build_preference_trainer(
     else:
         cls = SftforgeKTOTrainer if stage == "kto" else SftforgeDPOTrainer
         kwargs["ref_model"] = ref_model
-    trainer = cls.__new__(cls)
-    trainer.fresh_adapter = fresh_adapter  # read in __init__, after TRL made its "ref" adapter
-    trainer.__init__(**kwargs)
+    trainer = cls(**kwargs)
     use_log_lines(trainer)  # one readable line per log step (train/log_lines.py)
     return trainer
 

@@ -52,9 +52,6 @@ class _ReferenceFreeMixin(PreferenceMixin):
             out[f"{side}_labels"] = [-100] * len(prompt) + answer
         return out
 
-    def _drop_reference_adapter(self) -> None:
-        return None  # no reference at all
-
 
 class SftforgeORPOTrainer(_ReferenceFreeMixin, SFTTrainer, ORPOTrainer):
     def concatenated_forward(self, model: Any, batch: dict[str, Any]) -> tuple:

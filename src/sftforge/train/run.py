@@ -176,48 +176,52 @@ def training_sets(data: PreparedData) -> tuple[Any, Any]:
     return ExampleDataset(data.train), evaluation
 
 
-def reference_choice(cfg: SFTConfig) -> str:
-    """Which reference stage dpo / kto compares the policy with (a start-up decision line, `--dry_run` too)."""
+def reference_plan(cfg: SFTConfig) -> tuple[str, str]:
+    """How stage dpo / kto gets its reference — "none" (TRL needs no model of its own), "copy" or "load" — and
+    the start-up line that says so (`--dry_run` too)."""
     pref = cfg.pref
     if pref.reference_free:
-        return f"reference: none ({pref.pref_loss} is reference-free)"
+        return "none", f"reference: none ({pref.pref_loss} is reference-free)"
     if pref.ref_model:
-        return f"reference: {pref.ref_model} (frozen)"
-    if pref.precompute_ref_log_probs:
+        return "load", f"reference: {pref.ref_model}"
+    if pref.precompute_ref_log_probs:  # scored by the model itself before its first step
         return (
-            "reference: the starting model's log-probs, computed once before training (cached with the data)"
+            "none",
+            "reference: the starting model's log-probs, computed once before training (cached with the data)",
         )
-    if cfg.peft.is_adapter:
-        return "reference: the base model with the adapter switched off (no second copy)"
-    return "reference: a frozen copy of the starting model"
+    if (
+        cfg.peft.is_adapter
+    ):  # TRL switches the adapter off; a fresh LoRA adapter is zero, so that is the start
+        return "none", "reference: the base model with the adapter switched off (no second copy)"
+    if getattr(cfg.training, "deepspeed_plugin", None) is not None:
+        # the policy's weights are sharded (ZeRO-3) or about to be: a copy would be shards without an engine
+        return "load", "reference: the starting model, loaded again (DeepSpeed gives it an engine of its own)"
+    return "copy", "reference: a frozen copy of the starting model"
 
 
 def reference_model(cfg: SFTConfig, model: Any, bundle: TokenizerBundle) -> Any:
-    """The model DPO/KTO compare the policy with, or None when TRL needs none of its own: a reference-free loss
-    (orpo, simpo), precomputed log-probs (scored by the model before its first step), or an adapter (the base with
-    the adapter switched off). Otherwise a frozen copy of the starting model, or the model at `ref_model`."""
-    from sftforge.train.preference import frozen_reference
+    """The reference model to hand TRL's trainer (None: it needs none of its own), as `reference_plan` says."""
+    how, note = reference_plan(cfg)
+    cfg.notes.append(note)
+    if how == "none":
+        return None
+    if how == "copy":
+        from sftforge.train.preference import frozen_reference
+
+        return frozen_reference(model)
+    from dataclasses import replace
 
     pref = cfg.pref
-    cfg.notes.append(reference_choice(cfg))
-    if pref.reference_free or pref.precompute_ref_log_probs or (cfg.peft.is_adapter and not pref.ref_model):
-        return None
-    if pref.ref_model or getattr(cfg.training, "deepspeed_plugin", None) is not None:
-        # DeepSpeed: the policy's weights are sharded (ZeRO-3) or about to be, and a copy of them would be shards
-        # without an engine; the reference is loaded as the policy was, and TRL gives it an engine of its own.
-        from dataclasses import replace
-
-        ref_args = (
-            replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
-            if pref.ref_model
-            else cfg.model
-        )
-        set_seed(cfg.training.seed)  # a random init (config_name) draws the same weights as the policy's did
-        ref = load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
-        # not frozen (requires_grad stays): ZeRO-3's engine for it then fetched nothing (numel 0) on the CPU run;
-        # TRL runs the reference under no_grad and never hands it to an optimizer either way
-        return ref.eval()
-    return frozen_reference(model)
+    ref_args = (
+        replace(cfg.model, model_name_or_path=pref.ref_model, config_name=None)
+        if pref.ref_model
+        else cfg.model
+    )
+    set_seed(cfg.training.seed)  # a random init (config_name) draws the same weights as the policy's did
+    ref = load_model(ref_args, False, quantization_config(cfg.peft), tokenizer=bundle.tokenizer)
+    # Not frozen (requires_grad stays): under ZeRO-3, TRL's engine for a frozen reference fetched nothing (numel 0)
+    # on the CPU run. TRL runs the reference under no_grad and never hands it to an optimizer either way.
+    return ref.eval()
 
 
 def check_before_data(cfg: SFTConfig) -> None:
