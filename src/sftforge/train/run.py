@@ -90,7 +90,7 @@ def tokenize_spec(cfg: SFTConfig, bundle: TokenizerBundle) -> TokenizeSpec:
         columns=compile_columns(
             cfg.data.columns, cfg.data.tags, preference=cfg.data.stage in PREFERENCE_STAGES
         ),
-        preference=cfg.data.stage if cfg.data.stage in ("dpo", "kto") else "",
+        preference=cfg.data.stage if cfg.data.stage in PREFERENCE_STAGES else "",
     )
 
 
@@ -119,9 +119,8 @@ def prepare_tokenized_data(cfg: SFTConfig) -> tuple[TokenizerBundle, PreparedDat
 def build_trainer(
     cfg: SFTConfig, bundle: TokenizerBundle, data: PreparedData, model: Any, ref_model: Any = None
 ) -> SFTTrainer:
-    if (
-        cfg.data.stage in PREFERENCE_STAGES
-    ):  # TRL's DPOTrainer / KTOTrainer, sftforge's data (train/preference.py)
+    if cfg.data.stage in PREFERENCE_STAGES:
+        # TRL's DPOTrainer / KTOTrainer (ORPO, SimPO: its experimental ones) on sftforge's data (train/preference.py)
         from sftforge.train.preference import build_preference_trainer
 
         return build_preference_trainer(cfg, bundle, data, model, ref_model)
@@ -189,9 +188,8 @@ def reference_plan(cfg: SFTConfig) -> tuple[str, str]:
             "none",
             "reference: the starting model's log-probs, computed once before training (cached with the data)",
         )
-    if (
-        cfg.peft.is_adapter
-    ):  # TRL switches the adapter off; a fresh LoRA adapter is zero, so that is the start
+    if cfg.peft.is_adapter:
+        # TRL switches the adapter off; sftforge's LoRA adapters start at zero, so that is the starting model
         return "none", "reference: the base model with the adapter switched off (no second copy)"
     if getattr(cfg.training, "deepspeed_plugin", None) is not None:
         # the policy's weights are sharded (ZeRO-3) or about to be: a copy would be shards without an engine

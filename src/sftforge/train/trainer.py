@@ -40,10 +40,9 @@ class SFTTrainer(Trainer):
         self._in_training_step = False  # compute_loss is also called by evaluation: only training is guarded
         self._decided_before_backward = False  # DeepSpeed: this step was judged before its backward
 
-    packing_s, packing_fill = (
-        0.0,
-        None,
-    )  # set by the run when it packs: reported with the preprocessing figures
+    # Set by the run when it packs (reported with the preprocessing figures); preference trainers never pack
+    packing_s: float = 0.0
+    packing_fill: float | None = None
     reports_perplexity = True  # eval_perplexity next to eval_loss (a language-model loss)
     throughput: Any = None  # a ThroughputCallback, set by the run: adds tokens/s and MFU to training logs
     moe_aux: Any = None  # a model.moe.MoeAuxLoss, set by the run for MoE models with the router aux loss on
