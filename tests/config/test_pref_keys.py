@@ -36,6 +36,7 @@ def test_trl_names_are_aliases_of_llama_factorys():
         (["--stage", "dpo", "--pref_beta", "0"], "pref_beta: 0.0 must be > 0"),
         (["--stage", "dpo", "--pref_loss", "exo_pair"], "dpo_label_smoothing: pref_loss exo_pair needs a value > 0"),
         (["--stage", "dpo", "--eval_generation", "true"], "eval_generation: not with stage dpo"),
+        (["--stage", "kto", "--per_device_train_batch_size", "1"], "stage kto needs at least 2 per device"),
     ],
 )  # fmt: skip
 def test_mistakes_are_named(argv, words):

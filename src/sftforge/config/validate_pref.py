@@ -48,6 +48,16 @@ def check_preference(values: dict[str, dict[str, Any]], explicit: set[str], prob
             f"eval_generation: not with stage {stage}; its eval reports the preference metrics "
             "(eval_rewards/accuracies, margins) instead."
         )
+    if stage == "kto" and loss == "kto":
+        # KTO's KL term is estimated from each batch's other answers (TRL's KTOTrainer refuses a batch of 1)
+        if int(train.get("per_device_train_batch_size", 8)) < 2:
+            problems.append(
+                "per_device_train_batch_size: stage kto needs at least 2 per device: KTO estimates its KL term "
+                "from the other answers of each batch (use gradient_accumulation_steps for a larger effective batch)."
+            )
+        notes.append(
+            "sampling: sequential (KTO pairs each prompt with its neighbour's answer for the KL term)"
+        )
     for key in ("train_on", "multi_turn"):
         if key in explicit:
             notes.append(f"{key}: not used by stage {stage} (the final answer is what is scored)")
