@@ -45,6 +45,19 @@ MEDIA_KEYS = ("images", "videos", "audios", "image", "video", "audio")
 _REASONING_KEYS = ("text", "value", "reasoning", "thinking")
 
 
+def is_preference_row(row: Any) -> bool:
+    """A DPO pair: a chosen and a rejected answer (data/preference_rows.py reads it)."""
+    return isinstance(row, dict) and "chosen" in row and "rejected" in row
+
+
+def is_kto_row(row: Any) -> bool:
+    """TRL's prompt/completion/label, or LLaMA-Factory's turns with `kto_tag` (its kto_en_demo names it `label`)."""
+    if not isinstance(row, dict):
+        return False
+    labelled_turns = "label" in row and any(k in row for k in ("completion", "messages", "conversations"))
+    return "kto_tag" in row or labelled_turns
+
+
 def detect_format(row: Any) -> str:
     """Name the row's format from its keys (one of FORMATS)."""
     if not isinstance(row, dict):
@@ -61,9 +74,8 @@ def detect_format(row: Any) -> str:
         return "prompt_completion"
     if "text" in row:
         return "text"
-    if (
-        "chosen" in row and "rejected" in row
-    ):  # a preference pair: its suggestion would train the rejected answer
+    if is_preference_row(row):
+        # not "unknown": the column suggestion would map the rejected answer to the response and train it
         raise RowError(
             "preference_row",
             "the row is a preference pair (chosen/rejected), not a conversation to imitate; train it with "
@@ -81,8 +93,9 @@ def to_conversation(row: Any, source: str = "") -> Conversation:
     """Convert one raw row to a validated Conversation (raises RowError if it cannot be used)."""
     fmt = detect_format(row)
     refuse_media(row)
-    if "kto_tag" in row or isinstance(row.get("label"), bool):
-        # a rated answer: trained as SFT, the undesirable ones would be imitated too
+    if is_kto_row(row) and ("kto_tag" in row or isinstance(row["label"], bool)):
+        # a rated answer: trained as SFT, the undesirable ones would be imitated too (a text `label` may be a
+        # category of an SFT row)
         raise RowError(
             "preference_row",
             "the row is a rated answer for KTO (`kto_tag` / a true-false `label`), not a conversation to imitate; "

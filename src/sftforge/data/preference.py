@@ -109,8 +109,9 @@ def _answer_at_the_end(tok: Tokenized) -> Tokenized:
 
 
 def _check_same_prompt(chosen: Tokenized, rejected: Tokenized) -> None:
-    start_c, start_r = _answer_start(chosen.labels), _answer_start(rejected.labels)
-    if chosen.input_ids[:start_c] != rejected.input_ids[:start_r]:
+    prompt_c, _ = split_at_answer(np.asarray(chosen.input_ids), np.asarray(chosen.labels))
+    prompt_r, _ = split_at_answer(np.asarray(rejected.input_ids), np.asarray(rejected.labels))
+    if prompt_c != prompt_r:
         raise RowError(
             "pref_prompt_tokens_differ",
             "the prompt's tokens differ before the chosen and the rejected answer (the chat template renders the "
@@ -118,15 +119,11 @@ def _check_same_prompt(chosen: Tokenized, rejected: Tokenized) -> None:
         )
 
 
-def _answer_start(labels: Sequence[int]) -> int:
-    return next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
-
-
 # ---------------------------------------------------------------- reading back for the trainer
 
 
 def split_at_answer(ids: np.ndarray, labels: np.ndarray) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) of one stored example."""
+    """(prompt ids, answer ids) of one example: the answer starts at its first scored token."""
     start = int(np.argmax(labels != IGNORE_INDEX))
     ids = ids.tolist()
     return ids[:start], ids[start:]

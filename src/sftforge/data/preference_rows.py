@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftforge.data.conversation import Conversation, Message
-from sftforge.data.formats import (
+from sftforge.data.formats import (  # is_*_row: detected with the other row shapes, re-exported here
     alpaca_turns,
+    is_kto_row,
+    is_preference_row,
     parse_turn,
     parse_turns,
     refuse_media,
@@ -24,6 +26,8 @@ from sftforge.data.formats import (
 from sftforge.data.tools import normalize_tools
 from sftforge.data.validate import turn_label, validate_messages
 from sftforge.errors import RowError
+
+__all__ = ["KtoRow", "PreferenceRow", "is_kto_row", "is_preference_row", "to_kto_row", "to_preference_row"]
 
 _PROMPT_END_ROLES = ("user", "tool")
 _TRUE_LABELS = (True, 1, "true")
@@ -65,18 +69,6 @@ class KtoRow:
 
 # A turn with the label that error messages use for it, e.g. "turn 1 (user, from `prompt`)".
 _Turns = list[tuple[Message, str]]
-
-
-def is_preference_row(row: Any) -> bool:
-    return isinstance(row, dict) and "chosen" in row and "rejected" in row
-
-
-def is_kto_row(row: Any) -> bool:
-    """TRL's prompt/completion/label, or LLaMA-Factory's turns with `kto_tag` (its kto_en_demo names it `label`)."""
-    if not isinstance(row, dict):
-        return False
-    labelled_turns = "label" in row and any(k in row for k in ("completion", "messages", "conversations"))
-    return "kto_tag" in row or labelled_turns
 
 
 # ---------------------------------------------------------------------------------------------------------------
